@@ -1,0 +1,27 @@
+# Region-Aware MedCLIP: staged offline pipeline over HDF5 shards. See README.md and ../shared/DESIGN.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: f"{workflow.basedir}/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    shard=r"\d{5}",
+
+
+
+include: "workflow/rules/synthesize.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/normalize.smk"
+
+
+# The stages that exist so far end at normalize; `train` joins `all` when the trainer lands.
+rule all:
+    input:
+        rules.stage_normalize.input,
+    default_target: True

@@ -1,0 +1,84 @@
+"""Benchmarks: figures printed, never asserted in tests.
+
+`bench normalize`: images/s of the normalize stage beside a minimal baseline on the same files in the same
+run (pydicom decode + resize + PNG write, nothing else). `bench synthesize`: studies/s on one core.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+from PIL import Image
+
+from . import config
+from .stages import ingest, normalize, synthesize
+
+
+def _synthetic(tmp: Path, n_patients: int, size: int) -> pd.DataFrame:
+    cfg = config.load()["data"]["synthetic"]
+    cfg.update(n_patients=n_patients, image_size=size, lateral_fraction=0.0)
+    synthesize.run(cfg, tmp / "data", workers=2)
+    return ingest.read_mimic(tmp / "data")
+
+
+def baseline_normalize(paths: list[str], size: int, png_dir: Path) -> None:
+    """The least a DICOM -> PNG converter does: decode, scale to 8 bits, resize, write."""
+    png_dir.mkdir(parents=True, exist_ok=True)
+    for p in paths:
+        arr = pydicom.dcmread(p).pixel_array.astype(np.float32)
+        h, w = arr.shape
+        s = size / max(h, w)
+        img = Image.fromarray(arr / max(float(arr.max()), 1.0)).resize((round(w * s), round(h * s)))
+        Image.fromarray(np.uint8(np.asarray(img) * 255)).save(png_dir / f"{Path(p).stem}.png")
+
+
+def bench_normalize(n: int, size: int) -> dict:
+    cfg = config.load()["normalize"]
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        table = _synthetic(tmp, n_patients=max(1, n // 2), size=size).head(n)
+        table, _ = ingest.plan_shards(table.assign(split="train"), shard_size=len(table))
+        studies = tmp / "studies.csv"
+        table.to_csv(studies, index=False)
+        paths = table["image_path"].tolist()
+        for p in paths:  # warm the page cache for both contenders
+            Path(p).read_bytes()
+        t0 = time.perf_counter()
+        baseline_normalize(paths, cfg["size"], tmp / "baseline")
+        t_base = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        normalize.run(studies, "00000", tmp / "shard.h5", tmp / "png", cfg)
+        t_ours = time.perf_counter() - t0
+    out = {"images": len(paths), "source_rows": size, "out_size": cfg["size"],
+           "baseline_img_s": len(paths) / t_base, "normalize_img_s": len(paths) / t_ours}
+    out["ratio"] = out["normalize_img_s"] / out["baseline_img_s"]
+    return out
+
+
+def bench_synthesize(n: int, size: int) -> dict:
+    cfg = config.load()["data"]["synthetic"]
+    cfg.update(n_patients=n, image_size=size)
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        counts = synthesize.run(cfg, Path(d) / "data", workers=1)
+        dt = time.perf_counter() - t0
+    return {**counts, "image_rows": size, "seconds": dt, "studies_s_per_core": counts["studies"] / dt}
+
+
+def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
+    if stage == "normalize":
+        res = bench_normalize(n or 24, size or 2048)
+        print(f"normalize: {res['images']} DICOMs of {res['source_rows']} rows -> {res['out_size']}px")
+        print(f"  baseline (decode + resize + PNG): {res['baseline_img_s']:.2f} images/s")
+        print(f"  normalize stage (shard + PNG):    {res['normalize_img_s']:.2f} images/s")
+        print(f"  ratio: {res['ratio']:.2f}x (target >= 0.8x)")
+    else:
+        res = bench_synthesize(n or 20, size or config.load()["data"]["synthetic"]["image_size"])
+        print(f"synthesize: {res['studies']} studies ({res['images']} images, {res['image_rows']} rows) "
+              f"in {res['seconds']:.1f} s on one core: {res['studies_s_per_core']:.2f} studies/s/core")
+    return res

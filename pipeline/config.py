@@ -1,0 +1,100 @@
+"""Workflow config: schema validation with defaults, type coercion, and per-stage sections.
+
+The schema lives in `workflow/schemas/config.schema.yaml`; every section rejects unknown keys so a typo
+stops the run before any job starts. Snakemake's `--config a=b` gives nested values as strings, so values
+are coerced to the schema's type (YAML syntax) before validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = ROOT / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, missing or of the wrong type; the message names the key."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _coerce(value: Any, schema: dict) -> Any:
+    """Turn strings from the command line into the type the schema asks for."""
+    if isinstance(value, str) and schema.get("type") in ("integer", "number", "boolean", "array", "object"):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if isinstance(value, dict) and "properties" in schema:
+        props = schema["properties"]
+        return {k: _coerce(v, props[k]) if k in props else v for k, v in value.items()}
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_coerce(v, schema["items"]) for v in value]
+    return value
+
+
+def _fill_defaults(value: dict, schema: dict) -> None:
+    for key, sub in schema.get("properties", {}).items():
+        if key not in value and "default" in sub:
+            value[key] = copy.deepcopy(sub["default"])
+        if isinstance(value.get(key), dict):
+            _fill_defaults(value[key], sub)
+
+
+def validate(config: dict) -> dict:
+    """Coerce, fill defaults and validate `config`; returns a new dict. Raises ConfigError naming the key."""
+    schema = load_schema()
+    cfg = _coerce(copy.deepcopy(dict(config)), schema)
+    _fill_defaults(cfg, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors:
+            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"config key {where}: {err.message}")
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    split = cfg["data"]["split"]
+    total = split["train"] + split["validate"] + split["test"]
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"config key data.split: fractions must add up to 1, got {total:g}")
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Read a YAML config (the default one when `path` is None), merge `overrides`, validate."""
+    with open(path or DEFAULT_CONFIG) as f:
+        cfg = yaml.safe_load(f) or {}
+    if overrides:
+        cfg = merge(cfg, overrides)
+    return validate(cfg)
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def canonical_json(section: Any) -> str:
+    """The JSON that a stage's config hash is taken over: sorted keys, no spaces."""
+    return json.dumps(section, sort_keys=True, separators=(",", ":"))
+
+
+def config_sha256(section: Any) -> str:
+    return hashlib.sha256(canonical_json(section).encode()).hexdigest()

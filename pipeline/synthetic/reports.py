@@ -1,0 +1,248 @@
+"""MIMIC-CXR style reports for synthetic studies, with the ground truth of every finding phrase.
+
+Each present finding is described with its side, zone and size in one of several phrasings, sometimes
+hedged ("possible", "cannot be excluded", "may represent"); absent findings are often negated ("No
+pneumothorax.", "without effusion", "no evidence of focal consolidation"). The CheXpert labels are derived
+from the phrases with the labeler's rule (positive > uncertain > negative > not mentioned), so report and
+label table always agree.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..labels import OBSERVATIONS
+from .anatomy import Finding
+
+LOBES = {
+    ("right", "upper"): ["right upper lobe", "right apex", "right upper lung zone"],
+    ("right", "middle"): ["right middle lobe", "right mid lung"],
+    ("right", "lower"): ["right lower lobe", "right base", "right lung base"],
+    ("left", "upper"): ["left upper lobe", "left apex", "left upper lung zone"],
+    ("left", "middle"): ["lingula", "left mid lung"],
+    ("left", "lower"): ["left lower lobe", "left base", "left lung base"],
+}
+SEVERITY = {"small": "mild", "moderate": "moderate", "large": "severe"}
+UNCERTAIN = ["Possible {m}.", "{M} cannot be excluded.", "Findings may represent {m}.", "Probable {m}."]
+# typos only in words that carry no observation, so label agreement stays exact
+TYPOS = {"silhouette": "silhouete", "unremarkable": "unremarkible", "visualized": "visualised", "the lungs": "teh lungs"}
+
+
+@dataclass
+class Phrase:
+    section: str  # findings | impression
+    sentence_index: int
+    sentence: str
+    phrase: str  # the mention itself, e.g. "small left pleural effusion"
+    finding: str  # synthetic finding kind, or "" for a normal statement
+    observation: str  # CheXpert observation, or "" when none
+    negated: bool
+    uncertain: bool
+    laterality: str  # right | left | bilateral | ""
+    zone: str  # upper | middle | lower | ""
+    size: str
+    region: int  # index of the finding in the image's finding list, -1 when none
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _mention(f: Finding, rng: np.random.Generator) -> tuple[str, str]:
+    """(mention text, CheXpert observation) for a present finding."""
+    side, zone, size = f.laterality, f.zone, f.size
+    lobe = str(rng.choice(LOBES[(side, zone)])) if (side, zone) in LOBES else ""
+    pick = lambda options: str(rng.choice(options))  # noqa: E731
+    if f.kind == "pleural_effusion":
+        return pick([f"{size} {side} pleural effusion", f"{size} {side} effusion",
+                     f"{size} {side} pleural effusion with blunting of the costophrenic angle",
+                     f"{size} amount of {side} pleural fluid"]), "Pleural Effusion"
+    if f.kind == "pneumothorax":
+        return pick([f"{size} {side} apical pneumothorax", f"{size} {side} pneumothorax",
+                     f"{size} {side} pneumothorax with a visible pleural line"]), "Pneumothorax"
+    if f.kind == "consolidation":
+        if rng.random() < 0.5:
+            return pick([f"{lobe} consolidation", f"focal consolidation in the {lobe}"]), "Consolidation"
+        return pick([f"{lobe} opacity", f"patchy opacity in the {lobe}", f"airspace opacity in the {lobe}"]), \
+            "Lung Opacity"
+    if f.kind == "nodule":
+        mm = {"small": 6, "moderate": 9, "large": 12}[size] + int(rng.integers(0, 3))
+        return pick([f"{mm} mm nodule in the {lobe}", f"{mm} mm {lobe} pulmonary nodule"]), "Lung Lesion"
+    if f.kind == "mass":
+        cm = {"small": 3.1, "moderate": 4.2, "large": 5.5}[size]
+        return pick([f"{cm:.1f} cm mass in the {lobe}", f"{lobe} mass measuring {cm:.1f} cm"]), "Lung Lesion"
+    if f.kind == "atelectasis":
+        if zone == "lower":
+            return pick([f"{side} basilar atelectasis", f"plate-like atelectasis at the {lobe}"]), "Atelectasis"
+        return pick([f"linear atelectasis in the {lobe}", f"{lobe} subsegmental atelectasis"]), "Atelectasis"
+    if f.kind == "edema":
+        sev = SEVERITY[size]
+        return pick([f"{sev} pulmonary edema", f"{sev} interstitial pulmonary edema",
+                     f"perihilar haziness consistent with {sev} pulmonary edema"]), "Edema"
+    if f.kind == "cardiomegaly":
+        return pick([f"{size} cardiomegaly", "enlarged cardiac silhouette", f"{size} enlargement of the heart"]), \
+            "Cardiomegaly"
+    if f.kind == "support_devices":
+        if f.detail == "endotracheal tube":
+            return pick(["endotracheal tube terminating 4 cm above the carina",
+                         "endotracheal tube in standard position"]), "Support Devices"
+        return pick(["right internal jugular central venous catheter with tip in the low SVC",
+                     "right IJ line terminating at the cavoatrial junction"]), "Support Devices"
+    raise ValueError(f.kind)
+
+
+# absent findings: negated sentences, each with the observations it negates
+NEGATIONS = {
+    "pneumothorax": [("No pneumothorax.", [("pneumothorax", "Pneumothorax")]),
+                     ("There is no pneumothorax.", [("pneumothorax", "Pneumothorax")]),
+                     ("No PTX.", [("PTX", "Pneumothorax")])],
+    "pleural_effusion": [("No pleural effusion.", [("pleural effusion", "Pleural Effusion")]),
+                         ("The lungs are clear without effusion.", [("effusion", "Pleural Effusion")])],
+    "consolidation": [("No focal consolidation.", [("focal consolidation", "Consolidation")]),
+                      ("There is no evidence of focal consolidation.", [("focal consolidation", "Consolidation")])],
+    "edema": [("No pulmonary edema.", [("pulmonary edema", "Edema")]),
+              ("There is no evidence of pulmonary edema.", [("pulmonary edema", "Edema")])],
+    "cardiomegaly": [("Heart size is normal.", [("heart size", "Cardiomegaly")]),
+                     ("The heart is not enlarged.", [("heart", "Cardiomegaly")])],
+}
+COMBINED = [
+    ("No pleural effusion or pneumothorax.", ["pleural_effusion", "pneumothorax"],
+     [("pleural effusion", "Pleural Effusion"), ("pneumothorax", "Pneumothorax")]),
+    ("No focal consolidation, pleural effusion, or pneumothorax.",
+     ["consolidation", "pleural_effusion", "pneumothorax"],
+     [("focal consolidation", "Consolidation"), ("pleural effusion", "Pleural Effusion"),
+      ("pneumothorax", "Pneumothorax")]),
+]
+NORMAL = [
+    ("The cardiomediastinal silhouette is unremarkable.", [("cardiomediastinal silhouette", "Enlarged Cardiomediastinum")]),
+    ("Hilar contours are normal.", []),
+    ("No acute osseous abnormality is visualized.", [("osseous abnormality", "Fracture")]),
+]
+
+
+class ReportWriter:
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.phrases: list[Phrase] = []
+        self.sentences: dict[str, list[str]] = {"findings": [], "impression": []}
+
+    def _add(self, section: str, sentence: str, mentions: list[dict]) -> None:
+        if self.rng.random() < 0.04:
+            for right, wrong in TYPOS.items():
+                if right in sentence:
+                    sentence = sentence.replace(right, wrong, 1)
+                    break
+        idx = len(self.sentences[section])
+        self.sentences[section].append(sentence)
+        for m in mentions:
+            self.phrases.append(Phrase(section=section, sentence_index=idx, sentence=sentence, **m))
+
+    def present(self, section: str, i: int, f: Finding, uncertain: bool) -> None:
+        text, obs = _mention(f, self.rng)
+        if uncertain:
+            sentence = str(self.rng.choice(UNCERTAIN)).format(m=text, M=_cap(text))
+        else:
+            sentence = str(self.rng.choice(["{M}.", "There is {a} {m}."])).format(
+                M=_cap(text), m=text, a="an" if text[0] in "aeiou" else "a")
+            sentence = sentence.replace("There is a enlarged", "There is an enlarged")
+        self._add(section, sentence, [dict(phrase=text, finding=f.kind, observation=obs, negated=False,
+                                           uncertain=uncertain, laterality=f.laterality, zone=f.zone,
+                                           size=f.size, region=i)])
+        if f.kind == "consolidation" and not uncertain and self.rng.random() < 0.3:
+            self._add(section, "This may represent pneumonia in the appropriate clinical setting.",
+                      [dict(phrase="pneumonia", finding=f.kind, observation="Pneumonia", negated=False,
+                            uncertain=True, laterality=f.laterality, zone=f.zone, size=f.size, region=i)])
+        if f.kind == "pleural_effusion" and self.rng.random() < 0.3:
+            other = "left" if f.laterality == "right" else "right"
+            self._add(section, f"No {other} pleural effusion.",
+                      [dict(phrase=f"{other} pleural effusion", finding=f.kind, observation="Pleural Effusion",
+                            negated=True, uncertain=False, laterality=other, zone="lower", size="", region=-1)])
+
+    def negated(self, section: str, sentence: str, mentions: list[tuple[str, str]], kinds: list[str]) -> None:
+        self._add(section, sentence, [dict(phrase=p, finding=k, observation=o, negated=True, uncertain=False,
+                                           laterality="", zone="", size="", region=-1)
+                                      for (p, o), k in zip(mentions, kinds)])
+
+    def normal(self, section: str, sentence: str, mentions: list[tuple[str, str]]) -> None:
+        self._add(section, sentence, [dict(phrase=p, finding="", observation=o, negated=True, uncertain=False,
+                                           laterality="", zone="", size="", region=-1) for p, o in mentions])
+
+
+def write_report(findings: list[Finding], rng: np.random.Generator, sex: str, view: str,
+                 layout: str = "full") -> tuple[str, list[Phrase]]:
+    """Report text and its phrases. layout: full | impression_only | empty_findings."""
+    w = ReportWriter(rng)
+    present = {f.kind for f in findings}
+    hedged = [bool(rng.random() < 0.15) and f.kind not in ("support_devices", "cardiomegaly") for f in findings]
+
+    if layout != "impression_only":
+        if layout == "full":
+            w._add("findings", f"{'PA and lateral' if view == 'PA' else 'Portable AP upright'} views of the chest "
+                               "were obtained.", [])
+            for i, (f, h) in enumerate(zip(findings, hedged)):
+                w.present("findings", i, f, h)
+            absent = [k for k in NEGATIONS if k not in present]
+            combos = [c for c in COMBINED if not set(c[1]) & present]
+            used: set[str] = set()
+            if combos and rng.random() < 0.5:
+                sentence, kinds, mentions = combos[int(rng.integers(len(combos)))]
+                w.negated("findings", sentence, mentions, kinds)
+                used |= set(kinds)
+            for k in absent:
+                if k not in used and rng.random() < 0.6:
+                    sentence, mentions = NEGATIONS[k][int(rng.integers(len(NEGATIONS[k])))]
+                    w.negated("findings", sentence, mentions, [k] * len(mentions))
+            for sentence, mentions in NORMAL:
+                if rng.random() < 0.4 and not (mentions and mentions[0][1] == "Enlarged Cardiomediastinum"
+                                               and "cardiomegaly" in present):
+                    w.normal("findings", sentence, mentions)
+    # impression: the main findings again, or a normal statement
+    main = [(i, f) for i, f in enumerate(findings) if f.kind != "support_devices"][:2]
+    if main:
+        for i, f in main:
+            w.present("impression", i, f, hedged[i])
+    else:
+        w._add("impression", str(rng.choice(["No acute cardiopulmonary process.",
+                                             "No acute intrathoracic process.", "Normal chest radiograph."])), [])
+
+    age = "___-year-old " + ("woman" if sex == "F" else "man")
+    indication = str(rng.choice(["with cough and fever.", "with shortness of breath.", "with chest pain.",
+                                 "status post line placement.", "with ___ , evaluate for pneumonia."]))
+    parts = ["                                 FINAL REPORT",
+             f" EXAMINATION:  CHEST ({'PA AND LAT' if view == 'PA' else 'PORTABLE AP'})", "",
+             f" INDICATION:  {age} {indication}", "",
+             f" COMPARISON:  {rng.choice(['___', 'None.', 'Chest radiograph ___.'])}", ""]
+    if layout != "impression_only":
+        parts += [" FINDINGS: ", ""]
+        parts += [textwrap.fill("  ".join(w.sentences["findings"]), 78, initial_indent=" ", subsequent_indent=" ")
+                  if w.sentences["findings"] else " ___"]
+        parts += [""]
+    parts += [" IMPRESSION: ", "", textwrap.fill("  ".join(w.sentences["impression"]), 78, initial_indent=" ",
+                                                subsequent_indent=" "), ""]
+    return "\n".join(parts), w.phrases
+
+
+def derive_labels(phrases: list[Phrase]) -> dict[str, float]:
+    """CheXpert labeler convention: positive beats uncertain beats negative; NaN when not mentioned.
+
+    No Finding is 1 when no observation other than Support Devices is positive or uncertain, else blank.
+    """
+    rank = {}
+    for p in phrases:
+        if not p.observation:
+            continue
+        value = 0.0 if p.negated else (-1.0 if p.uncertain else 1.0)
+        order = {1.0: 3, -1.0: 2, 0.0: 1}
+        if order[value] > order.get(rank.get(p.observation, np.nan), 0):
+            rank[p.observation] = value
+    labels = {o: rank.get(o, np.nan) for o in OBSERVATIONS}
+    abnormal = any(labels[o] in (1.0, -1.0) for o in OBSERVATIONS if o not in ("Support Devices", "No Finding"))
+    labels["No Finding"] = np.nan if abnormal else 1.0
+    return labels
+
+
+def phrase_rows(study_id: str, phrases: list[Phrase]) -> list[dict]:
+    return [{"study_id": study_id, **asdict(p)} for p in phrases]

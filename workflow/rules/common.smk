@@ -1,0 +1,42 @@
+# Helpers shared by every rule: config validation, the shard list, stage config and versions.
+import json
+
+from pipeline import config as pipeline_config
+from pipeline.versions import STAGE_VERSIONS
+
+# Reject typos and wrong types before any job starts; fill defaults; coerce --config strings.
+_validated = pipeline_config.validate(config)
+config.clear()
+config.update(_validated)
+
+
+ENV = "../../envs/pipeline.yaml"
+
+
+def stage_config(name):
+    """The one config section a rule passes in params: changing it reruns that stage and what follows."""
+    return config[name]
+
+
+def stage_version(name):
+    return STAGE_VERSIONS[name]
+
+
+def source_input(wildcards):
+    """The synthetic source is built by a rule; real sources are read in place and not tracked."""
+    if config["data"]["source"] == "synthetic":
+        return config["data"]["synthetic"]["out_dir"]
+    return []
+
+
+def shard_ids():
+    """Shard ids from the ingest checkpoint's plan (re-evaluated after ingest runs)."""
+    with open(checkpoints.ingest.get().output.plan) as f:
+        return sorted(json.load(f)["shards"])
+
+
+def shard_files(stage):
+    def files(wildcards):
+        return expand(f"results/{stage}/shard-{{shard}}.h5", shard=shard_ids())
+
+    return files

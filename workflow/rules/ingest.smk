@@ -1,0 +1,23 @@
+checkpoint ingest:
+    input:
+        source_input,
+    output:
+        studies="results/ingest/studies.csv",
+        plan="results/ingest/shards.json",
+    log:
+        "logs/ingest/ingest.log",
+    benchmark:
+        "benchmarks/ingest/ingest.tsv"
+    conda:
+        ENV
+    threads: 1
+    params:
+        cfg=stage_config("data"),
+        version=stage_version("ingest"),
+    script:
+        "../scripts/ingest.py"
+
+
+rule stage_ingest:
+    input:
+        rules.ingest.output,

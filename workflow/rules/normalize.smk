@@ -1,0 +1,26 @@
+rule normalize:
+    input:
+        studies="results/ingest/studies.csv",
+        plan="results/ingest/shards.json",
+    output:
+        shard="results/normalize/shard-{shard}.h5",
+        png=directory("results/normalize/png/shard-{shard}"),
+    log:
+        "logs/normalize/shard-{shard}.log",
+    benchmark:
+        "benchmarks/normalize/shard-{shard}.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=2000,
+    params:
+        cfg=stage_config("normalize"),
+        version=stage_version("normalize"),
+    script:
+        "../scripts/normalize.py"
+
+
+rule stage_normalize:
+    input:
+        shard_files("normalize"),
