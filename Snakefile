@@ -14,7 +14,6 @@ wildcard_constraints:
     shard=r"\d{5}",
 
 
-
 include: "workflow/rules/synthesize.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/normalize.smk"

@@ -160,6 +160,10 @@ class Shard:
             self._pid = os.getpid()
         return self._f
 
+    def __getstate__(self) -> dict:
+        # sent to a worker process: the worker opens its own handle
+        return {"path": self.path, "_f": None, "_pid": None}
+
     def close(self) -> None:
         if self._f is not None and self._pid == os.getpid():
             self._f.close()

@@ -14,7 +14,7 @@ ENV = "../../envs/pipeline.yaml"
 
 
 def stage_config(name):
-    """The one config section a rule passes in params: changing it reruns that stage and what follows."""
+    """The one config section each stage gets as params; changing it reruns that stage and what follows."""
     return config[name]
 
 

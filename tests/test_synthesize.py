@@ -1,0 +1,155 @@
+import hashlib
+import re
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from scipy import ndimage
+
+from pipeline import config
+from pipeline.labels import OBSERVATIONS
+from pipeline.stages import ingest, synthesize
+from pipeline.synthetic.anatomy import LESION_FINDINGS, Thorax, render_frontal
+
+
+def tiny_cfg(**over):
+    cfg = config.load()["data"]["synthetic"]
+    cfg.update(n_patients=10, image_size=128, lateral_fraction=0.3, compressed_fraction=0.5)
+    cfg.update(over)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn") / "data"
+    synthesize.run(tiny_cfg(), out, workers=2)
+    return out
+
+
+def digests(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_gives_byte_identical_files_whatever_the_worker_count(tree, tmp_path):
+    again = tmp_path / "again"
+    synthesize.run(tiny_cfg(), again, workers=1)
+    assert digests(again) == digests(tree)
+    other = tmp_path / "other"
+    synthesize.run(tiny_cfg(seed=7), other, workers=1)
+    assert digests(other) != digests(tree)
+
+
+def test_files_are_real_dicom_in_the_mimic_layout(tree):
+    meta = pd.read_csv(tree / "mimic-cxr-2.0.0-metadata.csv", dtype=str)
+    syntaxes, photometrics = set(), set()
+    for rec in meta.itertuples():
+        path = tree / "files" / f"p{rec.subject_id[:2]}" / f"p{rec.subject_id}" / f"s{rec.study_id}" / f"{rec.dicom_id}.dcm"
+        ds = pydicom.dcmread(path)  # no force
+        assert ds.pixel_array.shape == (int(rec.Rows), int(rec.Columns))
+        assert ds.Modality in ("CR", "DX") and ds.ViewPosition == rec.ViewPosition
+        assert 12 <= ds.BitsStored <= 16 and "PatientName" in ds
+        syntaxes.add(ds.file_meta.TransferSyntaxUID.name)
+        photometrics.add(ds.PhotometricInterpretation)
+    assert photometrics == {"MONOCHROME1", "MONOCHROME2"}
+    assert len(syntaxes) >= 2
+    assert {"PA", "AP", "LATERAL"} >= set(meta["ViewPosition"]) and "LATERAL" in set(meta["ViewPosition"])
+
+
+def test_ingest_reads_the_tree_through_the_mimic_path(tree):
+    df = ingest.read_mimic(tree)
+    split = pd.read_csv(tree / "mimic-cxr-2.0.0-split.csv", dtype=str)
+    assert len(df) == len(split) and (df["report"].str.len() > 0).all()
+    ingest.check_patient_splits(ingest.assign_splits(df, config.load()["data"]["split"]))
+
+
+def _norm(text):
+    return " ".join(text.split())
+
+
+def test_labels_agree_with_the_report_phrases(tree):
+    labels = pd.read_csv(tree / "mimic-cxr-2.0.0-chexpert.csv", dtype={"study_id": str, "subject_id": str})
+    phrases = pd.read_csv(tree / "ground_truth" / "phrases.csv", dtype={"study_id": str})
+    checked = 0
+    for rec in labels.to_dict("records"):
+        sid, study = rec["subject_id"], rec["study_id"]
+        report = _norm((tree / "files" / f"p{sid[:2]}" / f"p{sid}" / f"s{study}.txt").read_text()).lower()
+        ph = phrases[phrases["study_id"] == study]
+        for obs in OBSERVATIONS:
+            if obs == "No Finding":
+                continue
+            value = rec[obs]
+            rows = ph[ph["observation"] == obs]
+            if value == 1:
+                want = rows[~rows["negated"] & ~rows["uncertain"]]
+            elif value == -1:
+                want = rows[rows["uncertain"]]
+            elif value == 0:
+                want = rows[rows["negated"]]
+            else:
+                assert rows.empty, (study, obs)
+                continue
+            assert len(want), (study, obs, value)
+            # the phrase really is in the report text
+            assert any(_norm(p).lower() in report for p in want["phrase"]), (study, list(want["phrase"]))
+            checked += 1
+    assert checked > 50
+
+
+def test_reports_have_mimic_sections_and_deid_marks(tree):
+    texts = [p.read_text() for p in (tree / "files").rglob("s*.txt")]
+    assert all("IMPRESSION:" in t and "EXAMINATION:" in t and "___" in t for t in texts)
+    assert any(re.search(r"\bno (pneumothorax|pleural effusion|focal consolidation)", t, re.I) for t in texts)
+
+
+def test_ground_truth_masks_and_boxes(tree):
+    from PIL import Image
+
+    meta = pd.read_csv(tree / "mimic-cxr-2.0.0-metadata.csv", dtype=str)
+    findings = pd.read_csv(tree / "ground_truth" / "findings.csv", dtype={"dicom_id": str})
+    for rec in meta.itertuples():
+        mask_path = tree / "ground_truth" / "masks" / f"{rec.dicom_id}.png"
+        if rec.ViewPosition == "LATERAL":
+            assert not mask_path.exists()
+            continue
+        mask = np.asarray(Image.open(mask_path))
+        right, left = (mask & 1) > 0, (mask & 2) > 0
+        assert right.sum() > 0.05 * mask.size and left.sum() > 0.05 * mask.size
+        # the patient's right lung is on the image's left
+        assert np.nonzero(right)[1].mean() < np.nonzero(left)[1].mean()
+        for f in findings[findings["dicom_id"] == rec.dicom_id].itertuples():
+            assert 0 <= f.x0 < f.x1 <= mask.shape[1] and 0 <= f.y0 < f.y1 <= mask.shape[0]
+            if f.finding in LESION_FINDINGS:
+                assert (mask[f.y0:f.y1, f.x0:f.x1] & 4).any()
+
+
+@pytest.mark.parametrize("kind", ["pleural_effusion", "pneumothorax", "consolidation", "nodule", "mass",
+                                  "atelectasis", "edema", "support_devices", "cardiomegaly"])
+def test_each_finding_changes_the_image_inside_its_region_only(kind):
+    for seed in range(3):
+        thorax = Thorax(np.random.default_rng(seed))
+        base = render_frontal(thorax, np.random.default_rng(100 + seed), 256, [])
+        rad = render_frontal(thorax, np.random.default_rng(100 + seed), 256, [kind])
+        diff = np.abs(rad.density - base.density)
+        f = next(f for f in rad.findings if f.kind == kind)
+        x0, y0, x1, y1 = f.box
+        region = np.zeros(diff.shape, bool)
+        region[y0:y1, x0:x1] = True
+        if kind == "edema":  # a haze over both lungs, strongest perihilar
+            lungs = rad.right_lung | rad.left_lung
+            assert diff[~ndimage.binary_dilation(lungs, iterations=3)].max() < 1e-6
+            assert diff[f.mask].mean() > 2 * diff[lungs & ~f.mask].mean()
+            continue
+        if kind == "cardiomegaly":  # the heart grows: the lungs lose area to it
+            assert (base.right_lung | base.left_lung).sum() > (rad.right_lung | rad.left_lung).sum()
+            # the lung fields are drawn with a 2-pixel Gaussian edge, so allow a few pixels of blur
+            assert diff[~ndimage.binary_dilation(region, iterations=8)].max() < 1e-6
+            continue
+        near = ndimage.binary_dilation(region, iterations=4)
+        assert diff[~near].max() < 1e-3, kind
+        changed = f.mask if f.mask is not None else region
+        assert diff[changed].mean() > 0.02, kind
+        if f.mask is not None:
+            lung = rad.right_lung if f.laterality == "right" else rad.left_lung
+            assert (f.mask & lung).sum() > 0.5 * f.mask.sum() if kind != "support_devices" else True

@@ -1,0 +1,141 @@
+"""The Snakemake workflow end to end on tiny trees the tests make: lint, dry run, reruns, privacy."""
+
+import re
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import MARKERS, ROOT, TINY, run_snakemake, write_chexpert_tree, write_mimic_tree
+from pipeline.dicom import DicomSpec, write_dicom
+from pipeline.shards import Shard, check
+
+
+def jobs(dry_run_output: str) -> dict[str, int]:
+    """The job-count table of a dry run."""
+    table = dry_run_output.split("job ", 1)[-1].split("total", 1)[0]
+    return {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+
+
+def test_lint_is_clean():
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_dry_run_of_default_config(tmp_path):
+    out = run_snakemake(tmp_path, "-n", configfile=None).stdout
+    assert jobs(out) == {"synthesize": 1, "ingest": 1, "all": 1}
+    assert not (tmp_path / "results").exists()
+
+
+def test_config_typo_stops_before_any_job(tmp_path):
+    proc = run_snakemake(tmp_path, "--config", "normalize={sise: 128}", check=False)
+    assert proc.returncode != 0
+    assert "config key normalize: Additional properties are not allowed ('sise' was unexpected)" in proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tiny")
+    run_snakemake(work, "stage_normalize")
+    return work
+
+
+def test_tiny_synthetic_run_writes_valid_shards(tiny_run):
+    studies = pd.read_csv(tiny_run / "results/ingest/studies.csv", dtype=str)
+    shards = sorted((tiny_run / "results/normalize").glob("shard-*.h5"))
+    assert len(shards) == len(set(studies["shard"])) >= 2
+    kept = 0
+    for path in shards:
+        assert check(path) == []
+        with Shard(path) as s:
+            assert s.attrs["stage"] == "normalize" and s.config["size"] == 64
+            kept += len(s)
+            assert s.f["image"].shape[1:] == (64, 64)
+    assert kept == len(studies)  # synthetic DICOMs are all usable
+    assert len(list((tiny_run / "results/normalize/png").rglob("*.png"))) == kept
+    assert (tiny_run / "benchmarks/normalize/shard-00000.tsv").exists()
+    assert "kept" in (tiny_run / "logs/normalize/shard-00000.log").read_text()
+
+
+def test_nothing_to_do_on_rerun_and_size_change_reruns_only_normalize(tiny_run):
+    assert jobs(run_snakemake(tiny_run, "-n", "stage_normalize").stdout) == {}
+    changed = jobs(run_snakemake(tiny_run, "-n", "stage_normalize", "--config", "normalize={size: 32}").stdout)
+    n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
+    assert changed == {"normalize": n_shards, "stage_normalize": 1}
+
+
+def _privacy_check(work, markers=tuple(MARKERS.values())):
+    leaks = []
+    for folder in ("results", "logs", "benchmarks"):
+        for path in (work / folder).rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                leaks += [f"{path}: {m}" for m in markers if m.encode() in data]
+    assert leaks == []
+
+
+def test_synthetic_identifiers_stay_in_the_dicom_headers(tiny_run):
+    import pydicom
+
+    values = set()
+    for path in (tiny_run / "data/synthetic/files").rglob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        values |= {str(ds.PatientName), ds.PatientBirthDate, ds.PatientID, ds.AccessionNumber}
+    assert len(values) > 10
+    _privacy_check(tiny_run, sorted(values))
+
+
+def _run_source(work, data: dict) -> list:
+    cfg = {"data": {**data, "shard_size": 4}, "normalize": {"size": 48}}
+    (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run_snakemake(work, "stage_normalize", configfile=work / "cfg.yaml")
+    shards = sorted((work / "results/normalize").glob("shard-*.h5"))
+    assert shards and all(check(p) == [] for p in shards)
+    return shards
+
+
+def test_stage_normalize_on_mimic_layout_keeps_identifiers_out(tmp_path):
+    write_mimic_tree(tmp_path / "mimic", identifiers=MARKERS)
+    shards = _run_source(tmp_path, {"source": "mimic-cxr", "root": str(tmp_path / "mimic")})
+    assert sum(len(Shard(p)) for p in shards) == 8
+    _privacy_check(tmp_path)
+
+
+def test_stage_normalize_on_chexpert_layout(tmp_path):
+    root = write_chexpert_tree(tmp_path / "src")
+    shards = _run_source(tmp_path, {"source": "chexpert", "root": str(root)})
+    assert sum(len(Shard(p)) for p in shards) == 5
+
+
+def test_stage_normalize_on_csv_table_records_bad_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = []
+    for i in range(5):
+        write_dicom(src / f"{i}.dcm", np.full((40, 30), 100 * i + 50, "uint16"),
+                    DicomSpec(identifiers=MARKERS, window=(300, 600)))
+        rows.append({"image_path": f"{i}.dcm", "patient_id": f"P{i}", "study_id": f"S{i}",
+                     "report": "No pneumothorax.", "split": "train"})
+    (src / "broken.dcm").write_text("<html>404</html>")
+    rows.append({"image_path": "broken.dcm", "patient_id": "P9", "study_id": "S9", "split": "test"})
+    pd.DataFrame(rows).to_csv(src / "table.csv", index=False)
+    shards = _run_source(tmp_path, {"source": "csv", "root": str(src / "table.csv")})
+    rejected = [r for p in shards for r in Shard(p).table("rejected").get("reason", [])]
+    assert rejected == ["not a DICOM file (no DICM preamble)"]
+    assert sum(len(Shard(p)) for p in shards) == 5
+    assert "rejected broken" in "".join(p.read_text() for p in (tmp_path / "logs/normalize").glob("*.log"))
+    _privacy_check(tmp_path)
+
+
+def test_tiny_config_is_valid():
+    from pipeline import config
+
+    cfg = config.load(TINY)
+    assert cfg["normalize"]["size"] == 64
