@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize"])
-    s.add_argument("--n", type=int, default=None, help="number of images / patients")
+    s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
 
     args = p.parse_args(argv)

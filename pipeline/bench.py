@@ -19,9 +19,9 @@ from . import config
 from .stages import ingest, normalize, synthesize
 
 
-def _synthetic(tmp: Path, n_patients: int, size: int) -> pd.DataFrame:
+def _synthetic(tmp: Path, n_studies: int, size: int) -> pd.DataFrame:
     cfg = config.load()["data"]["synthetic"]
-    cfg.update(n_patients=n_patients, image_size=size, lateral_fraction=0.0)
+    cfg.update(n_studies=n_studies, image_size=size, lateral_fraction=0.0)
     synthesize.run(cfg, tmp / "data", workers=2)
     return ingest.read_mimic(tmp / "data")
 
@@ -41,7 +41,7 @@ def bench_normalize(n: int, size: int) -> dict:
     cfg = config.load()["normalize"]
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        table = _synthetic(tmp, n_patients=max(1, n // 2), size=size).head(n)
+        table = _synthetic(tmp, n_studies=n, size=size).head(n)
         table, _ = ingest.plan_shards(table.assign(split="train"), shard_size=len(table))
         studies = tmp / "studies.csv"
         table.to_csv(studies, index=False)
@@ -62,7 +62,7 @@ def bench_normalize(n: int, size: int) -> dict:
 
 def bench_synthesize(n: int, size: int) -> dict:
     cfg = config.load()["data"]["synthetic"]
-    cfg.update(n_patients=n, image_size=size)
+    cfg.update(n_studies=n, image_size=size)
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         counts = synthesize.run(cfg, Path(d) / "data", workers=1)

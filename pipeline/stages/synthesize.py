@@ -27,7 +27,7 @@ from PIL import Image
 
 from ..dicom import DicomSpec, write_dicom
 from ..labels import OBSERVATIONS
-from ..synthetic.anatomy import Thorax, expose, render_frontal, render_lateral
+from ..synthetic.anatomy import LESION_FINDINGS, Thorax, expose, render_frontal, render_lateral
 from ..synthetic.reports import derive_labels, phrase_rows, write_report
 
 log = logging.getLogger("pipeline.synthesize")
@@ -87,9 +87,20 @@ def _add_voi(spec: DicomSpec, stored: np.ndarray, rng: np.random.Generator) -> N
         spec.voi_lut_bits = 12
 
 
-def make_patient(args: tuple[dict, int]) -> dict:
+def plan_patients(cfg: dict) -> list[int]:
+    """Studies per patient, drawn up front from the seed so the worker count cannot change them."""
+    rng = np.random.default_rng([cfg["seed"], 2**31])
+    lo, hi = cfg["studies_per_patient"]
+    counts, total = [], 0
+    while total < cfg["n_studies"]:
+        counts.append(min(int(rng.integers(lo, hi + 1)), cfg["n_studies"] - total))
+        total += counts[-1]
+    return counts
+
+
+def make_patient(args: tuple[dict, int, int]) -> dict:
     """Every study of patient `index`: files written, table rows returned."""
-    cfg, index = args
+    cfg, index, n_studies = args
     out = Path(cfg["_out"])
     seed = cfg["seed"]
     rng = np.random.default_rng([seed, index])
@@ -99,9 +110,8 @@ def make_patient(args: tuple[dict, int]) -> dict:
     thorax = Thorax(rng)
     sex = str(rng.choice(["F", "M"]))
     idents = _identifiers(rng)
-    lo, hi = cfg["studies_per_patient"]
     rows = {"metadata": [], "chexpert": [], "split": [], "findings": [], "phrases": []}
-    for j in range(int(rng.integers(lo, hi + 1))):
+    for j in range(n_studies):
         study_id = str(50_000_000 + index * 10 + j)
         study_dir = out / "files" / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}"
         kinds: list[str] = []
@@ -153,7 +163,7 @@ def make_patient(args: tuple[dict, int]) -> dict:
                 rows["findings"].append({"dicom_id": dicom_id, "study_id": study_id, "finding_index": k,
                                          "finding": f.kind, "laterality": f.laterality, "zone": f.zone,
                                          "size": f.size, "detail": f.detail,
-                                         "area": int(f.mask.sum()) if f.mask is not None else 0,
+                                         "area": int(f.mask.sum()) if f.kind in LESION_FINDINGS else 0,
                                          "x0": x0, "y0": y0, "x1": x1, "y1": y1})
     return rows
 
@@ -166,7 +176,7 @@ def run(cfg: dict, out_dir: str | Path, workers: int = 1) -> dict:
         shutil.rmtree(tmp)
     (tmp / "ground_truth" / "masks").mkdir(parents=True)
     job_cfg = {**cfg, "_out": str(tmp)}
-    jobs = [(job_cfg, i) for i in range(cfg["n_patients"])]
+    jobs = [(job_cfg, i, n) for i, n in enumerate(plan_patients(cfg))]
     try:
         if workers > 1:
             with mp.get_context("fork").Pool(workers) as pool:
@@ -185,7 +195,7 @@ def run(cfg: dict, out_dir: str | Path, workers: int = 1) -> dict:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    counts = {"patients": cfg["n_patients"], "studies": len(tables["chexpert"]), "images": len(tables["metadata"]),
+    counts = {"patients": len(jobs), "studies": len(tables["chexpert"]), "images": len(tables["metadata"]),
               "findings": len(tables["findings"]), "phrases": len(tables["phrases"])}
     log.info("synthetic tree %s: %s", out_dir, counts)
     return counts

@@ -24,7 +24,7 @@ class Finding:
     laterality: str  # right, left, bilateral, or "" (cardiomegaly, midline devices)
     zone: str  # upper, middle, lower, or ""
     size: str  # small, moderate, large
-    mask: np.ndarray | None = None  # (H, W) bool: the pixels the finding changed (lesion findings)
+    mask: np.ndarray | None = None  # (H, W) bool: the pixels the finding changed (heart for cardiomegaly)
     box: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in image pixels, exclusive end
     detail: str = ""  # device type and the like
 
@@ -72,6 +72,7 @@ class Thorax:
         self.ctr = rng.uniform(0.38, 0.48)  # cardiothoracic ratio
         self.rib_phase = rng.uniform(0, 1)
         self.texture_seed = int(rng.integers(1 << 31))
+        self.rotation = rng.uniform(-4.0, 4.0)  # degrees, in-plane: patients are rarely perfectly straight
 
 
 def lung_masks(t: Thorax, X: np.ndarray, Y: np.ndarray, inspiration: float) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -138,8 +139,8 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
     mediastinum = (np.abs(X - cx) < tt.mw * 0.9) & (Y > 0.05) & (Y < geo["base"])
     density = np.where(mediastinum | heart, np.maximum(density, 0.58), density)
     spine = np.abs(X - cx) < 0.035
-    vertebrae = 0.06 * (0.5 + 0.5 * np.cos(2 * np.pi * Y / 0.045))
-    density = density + spine * (0.12 + vertebrae) * (Y > 0.02)
+    vertebrae = 0.04 * (0.5 + 0.5 * np.cos(2 * np.pi * Y / 0.045))
+    density = density + ndimage.gaussian_filter(spine * (0.08 + vertebrae) * (Y > 0.02), 1.5)
     # ribs: posterior arcs running down and out from the spine, one set per side
     ribs = np.zeros_like(density)
     for side_sign in (-1, 1):
@@ -173,8 +174,20 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
         if f is not None:
             rad.findings.append(f)
     if cardiomegaly:
-        rad.findings.append(Finding("cardiomegaly", "", "", "moderate" if ctr < 0.63 else "large", box=_box(heart)))
-    rad.density = rad.density.astype(np.float32)
+        rad.findings.append(Finding("cardiomegaly", "", "", "moderate" if ctr < 0.63 else "large", mask=heart))
+    return _rotate(rad, tt.rotation)
+
+
+def _rotate(rad: Radiograph, degrees: float) -> Radiograph:
+    """Turn image and every mask together about the image centre; boxes follow the turned masks."""
+    turn = lambda a, order: ndimage.rotate(a, degrees, reshape=False, order=order, mode="nearest")  # noqa: E731
+    rad.density = turn(rad.density, 1).astype(np.float32)
+    rad.right_lung = turn(rad.right_lung, 0)
+    rad.left_lung = turn(rad.left_lung, 0)
+    for f in rad.findings:
+        f.mask = turn(f.mask, 0)
+        f.box = _box(f.mask)
+    rad.findings = [f for f in rad.findings if f.box is not None]
     return rad
 
 
@@ -284,12 +297,12 @@ def _draw_finding(rad: Radiograph, kind: str, ctx: dict) -> Finding | None:
         line[rr, cc] = True
         line = ndimage.binary_dilation(line, iterations=1)
         rad.density = np.where(line, rad.density + 0.35, rad.density)
-        return Finding(kind, "right" if detail != "endotracheal tube" else "", "", "", box=_box(line), detail=detail)
+        return Finding(kind, "right" if detail != "endotracheal tube" else "", "", "", mask=line, detail=detail)
     else:
         raise ValueError(f"unknown finding {kind}")
     if not mask.any():
         return None
-    return Finding(kind, side, zone, size, mask=mask, box=_box(mask))
+    return Finding(kind, side, zone, size, mask=mask)
 
 
 def render_lateral(t: Thorax, rng: np.random.Generator, rows: int) -> np.ndarray:
