@@ -17,10 +17,12 @@ wildcard_constraints:
 include: "workflow/rules/synthesize.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/normalize.smk"
+include: "workflow/rules/parse_reports.smk"
 
 
-# The stages that exist so far end at normalize; `train` joins `all` when the trainer lands.
+# The stages built so far; `train` joins `all` when the trainer lands.
 rule all:
     input:
         rules.stage_normalize.input,
+        rules.stage_parse_reports.input,
     default_target: True

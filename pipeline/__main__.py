@@ -4,7 +4,8 @@
     validate FILE [FILE ...]        schema version, row counts, offsets; exit 1 on a problem
     synthesize -o DIR [--config C]  write the synthetic MIMIC-layout tree outside the workflow
     montage DATA_DIR -o PNG         grid of synthetic radiographs with lung / lesion outlines and impressions
-    bench normalize|synthesize      throughput figures on this machine
+    parse-reports CSV -o DIR        reports (study_id, report) -> phrases.csv and labels.csv
+    bench normalize|synthesize|parse-reports   throughput figures on this machine
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-o", "--out", required=True)
     s.add_argument("--n", type=int, default=8)
 
+    s = sub.add_parser("parse-reports", help="report CSV (study_id, report) -> phrases.csv, labels.csv")
+    s.add_argument("table")
+    s.add_argument("-o", "--out", required=True)
+    s.add_argument("--config", default=None, help="workflow config (default: the repository's config.yaml)")
+
     s = sub.add_parser("bench", help="throughput benchmarks")
-    s.add_argument("stage", choices=["normalize", "synthesize"])
+    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports"])
     s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
 
@@ -68,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
 
         montage(args.data_dir, args.out, args.n)
         print(args.out)
+    elif args.command == "parse-reports":
+        from . import config
+        from .stages import parse_reports
+
+        for path in parse_reports.parse_csv(args.table, args.out, config.load(args.config)["parse_reports"]):
+            print(path)
     elif args.command == "bench":
         from . import bench
 

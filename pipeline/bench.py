@@ -70,6 +70,39 @@ def bench_synthesize(n: int, size: int) -> dict:
     return {**counts, "image_rows": size, "seconds": dt, "studies_s_per_core": counts["studies"] / dt}
 
 
+def bench_parse_reports(n: int) -> dict:
+    """Reports/s on one process, and accuracy against the synthetic ground truth and the hand-written set."""
+    from .labels import OBSERVATIONS
+    from .reports import score
+    from .stages import parse_reports as pr
+
+    cfg = config.load()
+    syn = cfg["data"]["synthetic"]
+    syn.update(n_studies=n, image_size=64, lateral_fraction=0.0)
+    with tempfile.TemporaryDirectory() as d:
+        synthesize.run(syn, Path(d) / "data", workers=2)
+        table = ingest.read_mimic(Path(d) / "data").drop_duplicates("study_id")
+        gold = score.synthetic_gold(Path(d) / "data" / "ground_truth" / "phrases.csv")
+    pr.build_nlp(cfg["parse_reports"]["spacy_model"])  # built once per process, not part of the rate
+    t0 = time.perf_counter()
+    parsed = pr.parse_reports(table["report"].tolist(), cfg["parse_reports"])
+    dt = time.perf_counter() - t0
+    found: dict = {}
+    for sid, rep in zip(table["study_id"], parsed):
+        for p in rep.phrases:
+            found.setdefault((sid, " ".join(p.sentence.split())), []).append(p)
+    keys = list(gold) + [k for k in found if k not in gold]
+    synthetic = score.score([gold.get(k, {}) for k in keys], [score.by_observation(found.get(k, [])) for k in keys])
+    labels = np.array([[r.labels[o] for o in OBSERVATIONS] for r in parsed])
+    synthetic["label_agreement"] = pr.agreement(labels, table[OBSERVATIONS].to_numpy(float))
+    sentences, hand_gold = score.read_sentence_file(Path(__file__).resolve().parent.parent / "tests" / "data"
+                                                    / "report_sentences.txt")
+    hand = score.score(hand_gold, [score.by_observation(r.phrases)
+                                   for r in pr.parse_reports(sentences, cfg["parse_reports"])])
+    return {"reports": len(table), "seconds": dt, "reports_s": len(table) / dt, "synthetic": synthetic,
+            "hand_written": hand}
+
+
 def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)
@@ -77,6 +110,13 @@ def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
         print(f"  baseline (decode + resize + PNG): {res['baseline_img_s']:.2f} images/s")
         print(f"  normalize stage (shard + PNG):    {res['normalize_img_s']:.2f} images/s")
         print(f"  ratio: {res['ratio']:.2f}x (target >= 0.8x)")
+    elif stage == "parse-reports":
+        res = bench_parse_reports(n or 1000)
+        print(f"parse-reports: {res['reports']} synthetic reports in {res['seconds']:.1f} s on one core: "
+              f"{res['reports_s']:.0f} reports/s (target >= 100)")
+        for name in ("synthetic", "hand_written"):
+            print(f"  {name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                             for k, v in res[name].items()))
     else:
         res = bench_synthesize(n or 20, size or config.load()["data"]["synthetic"]["image_size"])
         print(f"synthesize: {res['studies']} studies ({res['images']} images, {res['image_rows']} rows) "

@@ -19,3 +19,39 @@ OBSERVATIONS = [
     "Pneumothorax",
     "Support Devices",
 ]
+
+_RANK = {1.0: 3, -1.0: 2, 0.0: 1}
+
+
+def derive_labels(mentions) -> dict[str, float]:
+    """Study labels from (observation, negated, uncertain) mentions, by the CheXpert labeler's rule:
+    positive beats uncertain beats negative; NaN when not mentioned. No Finding is 1 when no observation
+    other than Support Devices is positive or uncertain, else blank."""
+    best: dict[str, float] = {}
+    for observation, negated, uncertain in mentions:
+        if observation not in _OBS_SET:
+            continue
+        value = 0.0 if negated else (-1.0 if uncertain else 1.0)
+        if observation not in best or _RANK[value] > _RANK[best[observation]]:
+            best[observation] = value
+    labels = {o: best.get(o, float("nan")) for o in OBSERVATIONS}
+    abnormal = any(labels[o] in (1.0, -1.0) for o in OBSERVATIONS if o not in ("Support Devices", "No Finding"))
+    labels["No Finding"] = float("nan") if abnormal else 1.0
+    return labels
+
+
+def label_prompts(labels: dict[str, float]) -> list[str]:
+    """The label level of the text units: "pleural effusion", "no pneumothorax", "possible edema"."""
+    out = []
+    for o in OBSERVATIONS:
+        v = labels.get(o)
+        if v == 1.0:
+            out.append(o.lower())
+        elif v == 0.0 and o != "No Finding":
+            out.append(f"no {o.lower()}")
+        elif v == -1.0:
+            out.append(f"possible {o.lower()}")
+    return out
+
+
+_OBS_SET = set(OBSERVATIONS)

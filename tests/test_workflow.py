@@ -29,7 +29,7 @@ def test_lint_is_clean():
 
 def test_dry_run_of_default_config(tmp_path):
     out = run_snakemake(tmp_path, "-n", configfile=None).stdout
-    assert jobs(out) == {"synthesize": 1, "ingest": 1, "all": 1}
+    assert jobs(out) == {"synthesize": 1, "ingest": 1, "all": 1}  # per-shard jobs appear after the checkpoint
     assert not (tmp_path / "results").exists()
 
 
@@ -43,7 +43,7 @@ def test_config_typo_stops_before_any_job(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
-    run_snakemake(work, "stage_normalize")
+    run_snakemake(work, "all")
     return work
 
 
@@ -64,11 +64,28 @@ def test_tiny_synthetic_run_writes_valid_shards(tiny_run):
     assert "kept" in (tiny_run / "logs/normalize/shard-00000.log").read_text()
 
 
-def test_nothing_to_do_on_rerun_and_size_change_reruns_only_normalize(tiny_run):
-    assert jobs(run_snakemake(tiny_run, "-n", "stage_normalize").stdout) == {}
-    changed = jobs(run_snakemake(tiny_run, "-n", "stage_normalize", "--config", "normalize={size: 32}").stdout)
+def test_tiny_run_parses_every_report(tiny_run):
+    studies = pd.read_csv(tiny_run / "results/ingest/studies.csv", dtype=str)
+    shards = sorted((tiny_run / "results/reports").glob("shard-*.h5"))
+    assert len(shards) == len(set(studies["shard"]))
+    rows = 0
+    for path in shards:
+        assert check(path) == []
+        with Shard(path) as s:
+            rows += len(s)
+            assert s.attrs["label_agreement"] == 1.0  # synthetic labels come from the same rule
+            assert len(s.f["phrases/phrase"]) > len(s)
+    assert rows == len(studies)
+    assert "labels agree with the source table on 1.0000" in (tiny_run / "logs/parse_reports/shard-00000.log").read_text()
+
+
+def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
+    assert jobs(run_snakemake(tiny_run, "-n", "all").stdout) == {}
     n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
-    assert changed == {"normalize": n_shards, "stage_normalize": 1}
+    changed = jobs(run_snakemake(tiny_run, "-n", "all", "--config", "normalize={size: 32}").stdout)
+    assert changed == {"normalize": n_shards, "all": 1}
+    changed = jobs(run_snakemake(tiny_run, "-n", "all", "--config", "parse_reports={max_chars: 5000}").stdout)
+    assert changed == {"parse_reports": n_shards, "all": 1}
 
 
 def _privacy_check(work, markers=tuple(MARKERS.values())):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..labels import OBSERVATIONS
+from .. import labels
 from .anatomy import Finding
 
 LOBES = {
@@ -28,7 +28,8 @@ LOBES = {
 SEVERITY = {"small": "mild", "moderate": "moderate", "large": "severe"}
 UNCERTAIN = ["Possible {m}.", "{M} cannot be excluded.", "Findings may represent {m}.", "Probable {m}."]
 # typos only in words that carry no observation, so label agreement stays exact
-TYPOS = {"silhouette": "silhouete", "unremarkable": "unremarkible", "visualized": "visualised", "the lungs": "teh lungs"}
+# (none of these words is part of a lexicon pattern in pipeline/reports/lexicon.py)
+TYPOS = {"visualized": "visualised", "the lungs": "teh lungs", "obtained": "obtaned", "contours": "contuors"}
 
 
 @dataclass
@@ -41,8 +42,8 @@ class Phrase:
     observation: str  # CheXpert observation, or "" when none
     negated: bool
     uncertain: bool
-    laterality: str  # right | left | bilateral | ""
-    zone: str  # upper | middle | lower | ""
+    laterality: str  # right | left | bilateral | "": as the phrase's words say
+    zone: str  # upper | middle | lower | "": as the words say (an effusion is lower)
     size: str
     region: int  # index of the finding in the image's finding list, -1 when none
 
@@ -123,6 +124,21 @@ NORMAL = [
 ]
 
 
+STATED_SIDES = {"left": "left", "right": "right", "bilateral": "bilateral", "bibasilar": "bilateral", "ij": "right",
+                "lingula": "left"}
+STATED_ZONES = {"apex": "upper", "apical": "upper", "upper": "upper", "mid": "middle", "middle": "middle",
+                "lingula": "middle", "perihilar": "middle", "base": "lower", "basilar": "lower", "lower": "lower"}
+
+
+def _stated(text: str, kind: str) -> dict:
+    """A phrase's side and zone are what its words say (the anatomy is in `region`); pleural fluid
+    collects at the base, so an effusion is in the lower zone even when the text names no zone."""
+    words = text.lower().replace(",", " ").split()
+    side = next((STATED_SIDES[w] for w in words if w in STATED_SIDES), "")
+    zone = next((STATED_ZONES[w] for w in words if w in STATED_ZONES), "lower" if kind == "pleural_effusion" else "")
+    return {"laterality": side, "zone": zone}
+
+
 class ReportWriter:
     def __init__(self, rng: np.random.Generator):
         self.rng = rng
@@ -149,12 +165,12 @@ class ReportWriter:
                 M=_cap(text), m=text, a="an" if text[0] in "aeiou" else "a")
             sentence = sentence.replace("There is a enlarged", "There is an enlarged")
         self._add(section, sentence, [dict(phrase=text, finding=f.kind, observation=obs, negated=False,
-                                           uncertain=uncertain, laterality=f.laterality, zone=f.zone,
+                                           uncertain=uncertain, **_stated(text, f.kind),
                                            size=f.size, region=i)])
         if f.kind == "consolidation" and not uncertain and self.rng.random() < 0.3:
             self._add(section, "This may represent pneumonia in the appropriate clinical setting.",
                       [dict(phrase="pneumonia", finding=f.kind, observation="Pneumonia", negated=False,
-                            uncertain=True, laterality=f.laterality, zone=f.zone, size=f.size, region=i)])
+                            uncertain=True, laterality="", zone="", size=f.size, region=i)])
         if f.kind == "pleural_effusion" and self.rng.random() < 0.3:
             other = "left" if f.laterality == "right" else "right"
             self._add(section, f"No {other} pleural effusion.",
@@ -226,22 +242,8 @@ def write_report(findings: list[Finding], rng: np.random.Generator, sex: str, vi
 
 
 def derive_labels(phrases: list[Phrase]) -> dict[str, float]:
-    """CheXpert labeler convention: positive beats uncertain beats negative; NaN when not mentioned.
-
-    No Finding is 1 when no observation other than Support Devices is positive or uncertain, else blank.
-    """
-    rank = {}
-    for p in phrases:
-        if not p.observation:
-            continue
-        value = 0.0 if p.negated else (-1.0 if p.uncertain else 1.0)
-        order = {1.0: 3, -1.0: 2, 0.0: 1}
-        if order[value] > order.get(rank.get(p.observation, np.nan), 0):
-            rank[p.observation] = value
-    labels = {o: rank.get(o, np.nan) for o in OBSERVATIONS}
-    abnormal = any(labels[o] in (1.0, -1.0) for o in OBSERVATIONS if o not in ("Support Devices", "No Finding"))
-    labels["No Finding"] = np.nan if abnormal else 1.0
-    return labels
+    """The study's CheXpert labels from its phrases (the rule lives in `pipeline.labels`)."""
+    return labels.derive_labels((p.observation, p.negated, p.uncertain) for p in phrases)
 
 
 def phrase_rows(study_id: str, phrases: list[Phrase]) -> list[dict]:

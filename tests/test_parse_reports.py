@@ -1,0 +1,142 @@
+"""Report parsing: a hand-written sentence set with figures, bad input, sections, labels, the shard."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import config
+from pipeline.labels import OBSERVATIONS
+from pipeline.shards import Shard, check
+from pipeline.reports import score
+from pipeline.stages import parse_reports as pr
+
+SENTENCES = Path(__file__).parent / "data" / "report_sentences.txt"
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return config.load()["parse_reports"]
+
+
+def test_hand_written_sentence_set_meets_the_targets(cfg):
+    sentences, gold = score.read_sentence_file(SENTENCES)
+    assert len(sentences) >= 150
+    parsed = pr.parse_reports(sentences, cfg)
+    figures = score.score(gold, [score.by_observation(r.phrases) for r in parsed])
+    print(figures)
+    assert figures["observation_f1"] >= 0.90
+    assert figures["negation_accuracy"] >= 0.95
+    assert figures["laterality_accuracy"] >= 0.95
+    assert figures["uncertainty_accuracy"] >= 0.90
+
+
+def test_scorer_counts_misses_and_wrong_attributes():
+    m = lambda o, neg=False, unc=False, side="", zone="": score._Mention(o, neg, unc, side, zone)  # noqa: E731
+    gold = [{"Edema": ("+", None, None), "Pneumothorax": ("-", "left", None)}, {"Atelectasis": ("?", "right", "lower")}]
+    pred = [score.by_observation([m("Edema"), m("Pneumothorax", neg=False, side="left")]),
+            score.by_observation([m("Atelectasis", unc=True, side="left", zone="lower"), m("Mass")])]
+    f = score.score(gold, pred)
+    assert f["observation_f1"] == pytest.approx(2 * 3 / (2 * 3 + 1))
+    assert f["negation_accuracy"] == pytest.approx(2 / 3) and f["laterality_accuracy"] == pytest.approx(1 / 2)
+    assert f["zone_accuracy"] == 1.0
+    assert score.combine_sides({"left", "right"}) == "bilateral"
+
+
+@pytest.mark.parametrize("sentence,expected", [
+    ("No effusion or pneumothorax.", [("Pleural Effusion", True, False), ("Pneumothorax", True, False)]),
+    ("Possible consolidation.", [("Consolidation", False, True)]),
+    ("Cannot exclude pneumothorax.", [("Pneumothorax", False, True)]),
+    ("No pneumothorax but small left effusion.", [("Pneumothorax", True, False), ("Pleural Effusion", False, False)]),
+    ("No change in the right effusion.", [("Pleural Effusion", False, False)]),
+    ("Small pericardial effusion.", []),
+])
+def test_negation_uncertainty_and_scope(cfg, sentence, expected):
+    got = [(p.observation, p.negated, p.uncertain) for p in pr.parse_reports([sentence], cfg)[0].phrases]
+    assert got == expected
+
+
+def test_phrase_keeps_its_finding_and_place(cfg):
+    ph = pr.parse_reports(["Right lower lobe opacity, likely atelectasis. Small left pleural effusion."],
+                          cfg)[0].phrases
+    assert [(p.phrase, p.laterality, p.zone) for p in ph] == [
+        ("Right lower lobe opacity", "right", "lower"), ("atelectasis", "right", "lower"),
+        ("Small left pleural effusion", "left", "lower")]
+    assert ph[2].size == "small" and ph[1].uncertain and ph[2].sentence_index == 1
+
+
+def test_sections_of_a_mimic_report():
+    text = (" FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n INDICATION:  ___ with cough.\n\n"
+            " COMPARISON:  None.\n\n FINDINGS: \n\n Lungs are clear.  No effusion.\n\n IMPRESSION: \n\n"
+            " No acute process.\n")
+    s = pr.split_sections(text)
+    assert s["findings"] == "Lungs are clear. No effusion." and s["impression"] == "No acute process."
+    assert s["indication"] == "___ with cough." and s["comparison"] == "None."
+    assert pr.split_sections("Heart size normal. No effusion.") == {"findings": "Heart size normal. No effusion."}
+    # unheaded text after a short section still counts as findings
+    assert pr.split_sections("INDICATION: cough\n\nSmall left effusion.")["findings"] == "Small left effusion."
+    assert pr.split_sections("Conclusion: mild edema.") == {"impression": "mild edema."}
+
+
+@pytest.mark.parametrize("text,status", [
+    ("", "empty"), ("   ", "empty"), ("___", "empty"), ("___ . ___", "empty"), (None, "empty"),
+    ("xqzt vbnm plkj wrtp", "ok"), ("Keine Auffälligkeiten. Herz normal gross.", "ok"),
+    ("INDICATION: chest pain", "no_sections"),
+])
+def test_bad_reports_give_valid_rows_without_phrases(cfg, text, status):
+    rep = pr.parse_reports([text], cfg)[0]
+    assert rep.status == status and rep.phrases == []
+    assert rep.labels["No Finding"] == 1.0 and all(np.isnan(rep.labels[o]) for o in OBSERVATIONS[:8])
+
+
+def test_very_long_report_is_cut_not_crashed(cfg):
+    text = "FINDINGS: " + "Small left pleural effusion. " * 2000  # ~58,000 characters
+    rep = pr.parse_reports([text], {**cfg, "max_chars": 20000})[0]
+    assert rep.status == "truncated" and len(rep.phrases) > 500
+    assert rep.labels["Pleural Effusion"] == 1.0
+
+
+def test_labels_follow_the_chexpert_rule(cfg):
+    rep = pr.parse_reports(["FINDINGS: No right effusion. Small left effusion. Possible pneumonia. "
+                            "No pneumothorax. IMPRESSION: Pneumonia cannot be excluded."], cfg)[0]
+    lab = rep.labels
+    assert lab["Pleural Effusion"] == 1.0 and lab["Pneumonia"] == -1.0 and lab["Pneumothorax"] == 0.0
+    assert np.isnan(lab["No Finding"]) and np.isnan(lab["Edema"])
+
+
+def test_standalone_command_writes_phrases_and_labels(tmp_path):
+    from pipeline.__main__ import main
+
+    pd.DataFrame({"study_id": ["s1", "s2", "s3"],
+                  "report": ["FINDINGS: Small left pleural effusion. No pneumothorax.", "", "Possible edema."]}
+                 ).to_csv(tmp_path / "reports.csv", index=False)
+    assert main(["parse-reports", str(tmp_path / "reports.csv"), "-o", str(tmp_path / "out")]) == 0
+    phrases = pd.read_csv(tmp_path / "out" / "phrases.csv")
+    labels = pd.read_csv(tmp_path / "out" / "labels.csv", dtype={"study_id": str}).set_index("study_id")
+    assert len(phrases) == 3 and set(phrases["study_id"]) == {"s1", "s3"}
+    assert labels.loc["s1", "Pleural Effusion"] == 1 and labels.loc["s1", "Pneumothorax"] == 0
+    assert labels.loc["s3", "Edema"] == -1 and labels.loc["s2", "No Finding"] == 1
+    assert np.isnan(labels.loc["s2", "Edema"])
+    # the CheXpert labeler's file convention: 1 / 0 / -1 / blank
+    assert "1.0" not in (tmp_path / "out" / "labels.csv").read_text()
+
+
+def test_stage_shard_on_synthetic_reports(tmp_path, cfg):
+    from pipeline.stages import ingest, synthesize
+
+    syn = config.load()["data"]["synthetic"]
+    syn.update(n_studies=40, image_size=96, lateral_fraction=0.0)
+    synthesize.run(syn, tmp_path / "data", workers=2)
+    data = config.load()["data"]
+    data.update(synthetic={**syn, "out_dir": str(tmp_path / "data")}, shard_size=100)
+    ingest.run(data, tmp_path / "studies.csv", tmp_path / "shards.json")
+    counts = pr.run(tmp_path / "studies.csv", "00000", tmp_path / "reports.h5", cfg)
+    assert check(tmp_path / "reports.h5") == []
+    # synthetic labels were made by the same rule from the report's phrases: parse must agree exactly
+    assert counts["label_agreement"] == 1.0
+    with Shard(tmp_path / "reports.h5") as s:
+        row = s.row(0)
+        assert set(row) >= {"labels", "labels_source", "phrases", "label_prompts", "findings_impression"}
+        assert row["phrases"]["phrase_observation"] and row["status"] == "ok"
+        assert list(s.attrs["observations"]) == OBSERVATIONS
