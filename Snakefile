@@ -18,6 +18,8 @@ include: "workflow/rules/synthesize.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/parse_reports.smk"
+include: "workflow/rules/segment.smk"
+include: "workflow/rules/crop.smk"
 
 
 # The stages built so far; `train` joins `all` when the trainer lands.
@@ -25,4 +27,5 @@ rule all:
     input:
         rules.stage_normalize.input,
         rules.stage_parse_reports.input,
+        rules.stage_crop.input,
     default_target: True

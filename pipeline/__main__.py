@@ -3,9 +3,10 @@
     inspect FILE [--row N]          tree, attributes and one row of any shard
     validate FILE [FILE ...]        schema version, row counts, offsets; exit 1 on a problem
     synthesize -o DIR [--config C]  write the synthetic MIMIC-layout tree outside the workflow
+    show SHARD --row N -o PNG       one image with masks, ROI boxes and phrases from every stage
     montage DATA_DIR -o PNG         grid of synthetic radiographs with lung / lesion outlines and impressions
     parse-reports CSV -o DIR        reports (study_id, report) -> phrases.csv and labels.csv
-    bench normalize|synthesize|parse-reports   throughput figures on this machine
+    bench normalize|synthesize|parse-reports|segment   throughput figures on this machine
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", default=None, help="workflow config (default: the repository's config.yaml)")
     s.add_argument("--workers", type=int, default=1)
 
+    s = sub.add_parser("show", help="one row with masks, ROI boxes and phrases from every stage's shard")
+    s.add_argument("shard")
+    s.add_argument("--row", type=int, default=0)
+    s.add_argument("-o", "--out", required=True)
+
     s = sub.add_parser("montage", help="grid of synthetic images with outlines and impressions")
     s.add_argument("data_dir")
     s.add_argument("-o", "--out", required=True)
@@ -42,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", default=None, help="workflow config (default: the repository's config.yaml)")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
-    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports"])
+    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment"])
     s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
 
@@ -69,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging()
         synthesize.run(config.load(args.config)["data"]["synthetic"], args.out, workers=args.workers)
+    elif args.command == "show":
+        from .show import show
+
+        print(show(args.shard, args.row, args.out))
     elif args.command == "montage":
         from .montage import montage
 

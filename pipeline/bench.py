@@ -103,6 +103,40 @@ def bench_parse_reports(n: int) -> dict:
             "hand_written": hand}
 
 
+def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
+    """Segment inference images/s and crop ROIs/s on this CPU, on a normalize shard of the default size.
+
+    Uses the workflow's shard and U-Net when given (or found under results/), else an untrained U-Net on a
+    synthetic shard: the speed does not depend on the weights."""
+    import torch
+
+    from .stages import crop, segment
+
+    cfg = config.load()
+    shard = shard or "results/normalize/shard-00000.h5"
+    weights = weights or (cfg["segment"]["weights"] or "results/segmenter/unet.pt")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        if not Path(shard).exists():
+            table = _synthetic(tmp, n_studies=32, size=cfg["data"]["synthetic"]["image_size"])
+            table, _ = ingest.plan_shards(table.assign(split="train"), shard_size=len(table))
+            table.to_csv(tmp / "studies.csv", index=False)
+            shard = tmp / "normalized.h5"
+            normalize.run(tmp / "studies.csv", "00000", shard, None, cfg["normalize"])
+        if not Path(weights).exists():
+            weights = tmp / "unet.pt"
+            torch.save(segment.build_unet(cfg["segment"]).state_dict(), weights)
+        t0 = time.perf_counter()
+        counts = segment.run(shard, weights, tmp / "segment.h5", cfg["segment"], threads=2)
+        t_seg = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        c = crop.run(shard, tmp / "segment.h5", tmp / "crop.h5", cfg["crop"])
+        t_crop = time.perf_counter() - t0
+    return {"images": counts["images"], "size": cfg["normalize"]["size"], "input_size": cfg["segment"]["input_size"],
+            "segment_img_s": counts["images"] / t_seg, "rois": c["rois"], "crop_rois_s": c["rois"] / t_crop,
+            "crop_img_s": counts["images"] / t_crop}
+
+
 def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)
@@ -110,6 +144,22 @@ def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
         print(f"  baseline (decode + resize + PNG): {res['baseline_img_s']:.2f} images/s")
         print(f"  normalize stage (shard + PNG):    {res['normalize_img_s']:.2f} images/s")
         print(f"  ratio: {res['ratio']:.2f}x (target >= 0.8x)")
+    elif stage == "segment":
+        res = bench_segment()
+        print(f"segment: {res['images']} images at {res['size']}px (U-Net at {res['input_size']}px, 2 threads): "
+              f"{res['segment_img_s']:.1f} images/s")
+        print(f"crop: {res['rois']} ROIs in {res['images']} images: {res['crop_rois_s']:.0f} ROIs/s "
+              f"({res['crop_img_s']:.1f} images/s)")
+        shards = sorted(Path("results/segment").glob("shard-*.h5"))
+        cfg = config.load()
+        masks = Path(cfg["data"]["synthetic"]["out_dir"]) / "ground_truth" / "masks"
+        if shards and masks.exists():
+            from .stages.train_segmenter import evaluate_shards
+
+            dice = evaluate_shards(shards, masks, "test", cfg["segment"]["min_lesion_area"])
+            print("workflow segment shards, synthetic test split: " + ", ".join(
+                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in dice.items()))
+            res["test_dice"] = dice
     elif stage == "parse-reports":
         res = bench_parse_reports(n or 1000)
         print(f"parse-reports: {res['reports']} synthetic reports in {res['seconds']:.1f} s on one core: "

@@ -6,4 +6,7 @@ STAGE_VERSIONS = {
     "ingest": 1,
     "normalize": 1,
     "parse_reports": 1,
+    "train_segmenter": 1,
+    "segment": 1,
+    "crop": 1,
 }

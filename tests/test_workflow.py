@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on tiny trees the tests make: lint, dry run, reruns, privacy."""
 
+import json
 import re
 import sys
 
@@ -82,10 +83,30 @@ def test_tiny_run_parses_every_report(tiny_run):
 def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     assert jobs(run_snakemake(tiny_run, "-n", "all").stdout) == {}
     n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
-    changed = jobs(run_snakemake(tiny_run, "-n", "all", "--config", "normalize={size: 32}").stdout)
-    assert changed == {"normalize": n_shards, "all": 1}
-    changed = jobs(run_snakemake(tiny_run, "-n", "all", "--config", "parse_reports={max_chars: 5000}").stdout)
-    assert changed == {"parse_reports": n_shards, "all": 1}
+    rerun = lambda override: jobs(run_snakemake(tiny_run, "-n", "all", "--config", override).stdout)  # noqa: E731
+    assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
+                                             "crop": n_shards, "all": 1}
+    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "all": 1}
+    assert rerun("segment={epochs: 3}") == {"train_segmenter": 1, "segment": n_shards, "crop": n_shards, "all": 1}
+    assert rerun("crop={pad: 0.1}") == {"crop": n_shards, "all": 1}
+
+
+def test_tiny_run_segments_and_crops_every_image(tiny_run):
+    metrics = json.loads((tiny_run / "results/segmenter/metrics.json").read_text())
+    assert metrics["train_images"] > 0 and "dice_right_lung" in metrics["validate"]
+    for path in sorted((tiny_run / "results/crop").glob("shard-*.h5")):
+        assert check(path) == []
+        seg = path.parent.parent / "segment" / path.name
+        with Shard(path) as c, Shard(seg) as s, Shard(path.parent.parent / "normalize" / path.name) as n:
+            assert c.image_ids == s.image_ids == n.image_ids
+            kinds = c.f["rois/roi_kind"][()]
+            assert (kinds == b"image").sum() == len(c)  # one whole-image ROI per image, whatever was found
+            assert c.f["rois/roi_image"].shape[1:] == (32, 32)
+    out = tiny_run / "show.png"
+    from pipeline.show import show
+
+    show(tiny_run / "results/crop/shard-00000.h5", 0, out)
+    assert out.stat().st_size > 10_000
 
 
 def _privacy_check(work, markers=tuple(MARKERS.values())):
@@ -149,6 +170,9 @@ def test_stage_normalize_on_csv_table_records_bad_files(tmp_path):
     assert sum(len(Shard(p)) for p in shards) == 5
     assert "rejected broken" in "".join(p.read_text() for p in (tmp_path / "logs/normalize").glob("*.log"))
     _privacy_check(tmp_path)
+    # real data has no synthetic masks: asking for segmentation without weights is a clear error
+    proc = run_snakemake(tmp_path, "-n", "all", configfile=tmp_path / "cfg.yaml", check=False)
+    assert proc.returncode != 0 and "set segment.weights" in proc.stdout + proc.stderr
 
 
 def test_tiny_config_is_valid():

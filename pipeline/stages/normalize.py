@@ -185,17 +185,30 @@ def read_image(path: str | Path, cfg: dict) -> Radiograph:
 
 
 # ------------------------------------------------------------------------------------------ geometry
+def fit(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+    """Letterbox geometry: resized height and width, top and left padding."""
+    s = size / max(h, w)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    return nh, nw, (size - nh) // 2, (size - nw) // 2
+
+
+def letterbox_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A label or bit mask (H, W) uint8 through the same letterbox as its image (nearest neighbour)."""
+    nh, nw, top, left = fit(*mask.shape, size)
+    out = np.zeros((size, size), dtype=np.uint8)
+    out[top : top + nh, left : left + nw] = np.asarray(Image.fromarray(mask).resize((nw, nh), Image.Resampling.NEAREST))
+    return out
+
+
 def letterbox(pixels: np.ndarray, size: int, bit_depth: int = 8) -> tuple[np.ndarray, np.ndarray]:
     """Resize (H, W) [0, 1] pixels into a size x size canvas, aspect kept, centred.
 
     Returns the image (size, size) uint8/uint16 and the transform [scale_y, scale_x, offset_y, offset_x].
     """
     h, w = pixels.shape
-    s = size / max(h, w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    nh, nw, top, left = fit(h, w, size)
     # Pillow's float resize is antialiased (the filter widens with the reduction factor)
     resized = np.asarray(Image.fromarray(pixels.astype(np.float32)).resize((nw, nh), Image.Resampling.BILINEAR))
-    top, left = (size - nh) // 2, (size - nw) // 2
     peak = 2**bit_depth - 1
     out = np.zeros((size, size), dtype=np.uint8 if bit_depth == 8 else np.uint16)
     out[top : top + nh, left : left + nw] = np.clip(np.rint(resized * peak), 0, peak)

@@ -29,6 +29,19 @@ def source_input(wildcards):
     return []
 
 
+def segmenter_weights(wildcards):
+    """segment.weights when it names a file, else the U-Net that train_segmenter writes."""
+    seg = config["segment"]
+    if seg["weights"]:
+        return seg["weights"]
+    if config["data"]["source"] != "synthetic" and not seg["train_csv"]:
+        raise pipeline_config.ConfigError(
+            "config key segment: real data has no synthetic masks to train on; set segment.weights "
+            "(a local U-Net file) or segment.train_csv (images with lung masks)"
+        )
+    return "results/segmenter/unet.pt"
+
+
 def shard_ids():
     """Shard ids from the ingest checkpoint's plan (re-evaluated after ingest runs)."""
     with open(checkpoints.ingest.get().output.plan) as f:

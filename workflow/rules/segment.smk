@@ -1,0 +1,50 @@
+rule train_segmenter:
+    input:
+        shards=shard_files("normalize"),
+        source=source_input,
+    output:
+        model="results/segmenter/unet.pt",
+        metrics="results/segmenter/metrics.json",
+    log:
+        "logs/train_segmenter/train_segmenter.log",
+    benchmark:
+        "benchmarks/train_segmenter/train_segmenter.tsv"
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=stage_config("segment"),
+        norm_cfg=stage_config("normalize"),
+        masks_dir=f"{config['data']['synthetic']['out_dir']}/ground_truth/masks",
+        version=stage_version("train_segmenter"),
+    script:
+        "../scripts/train_segmenter.py"
+
+
+rule segment:
+    input:
+        shard="results/normalize/shard-{shard}.h5",
+        weights=segmenter_weights,
+    output:
+        shard="results/segment/shard-{shard}.h5",
+    log:
+        "logs/segment/shard-{shard}.log",
+    benchmark:
+        "benchmarks/segment/shard-{shard}.tsv"
+    conda:
+        ENV
+    threads: 2
+    resources:
+        mem_mb=2000,
+    params:
+        cfg=stage_config("segment"),
+        version=stage_version("segment"),
+    script:
+        "../scripts/segment.py"
+
+
+rule stage_segment:
+    input:
+        shard_files("segment"),
