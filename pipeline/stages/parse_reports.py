@@ -88,12 +88,9 @@ def split_sections(text: str) -> dict[str, str]:
                 loose.append(parts[1])
         sections.setdefault(name, []).append(body)
     out = {k: " ".join(" ".join(v).split()) for k, v in sections.items()}
-    if "findings" not in out and "impression" not in out:
-        rest = " ".join(" ".join(loose).split())
-        if rest and not matches:
-            out["findings"] = rest
-        elif rest:
-            out["findings"] = rest
+    rest = " ".join(" ".join(loose).split())
+    if rest and "findings" not in out and "impression" not in out:
+        out["findings"] = rest
     return out
 
 
@@ -279,11 +276,11 @@ def run(studies: str | Path, shard: str, out: str | Path, cfg: dict) -> dict:
     first = table.drop_duplicates("study_id")
     parsed_by_study = dict(zip(first["study_id"], parse_reports(first["report"].tolist(), cfg)))
     parsed = [parsed_by_study[s] for s in table["study_id"]]
-    fields = {f: [] for f in PHRASE_FIELDS}
-    for r in parsed:
-        for p in r.phrases:
-            for f in PHRASE_FIELDS:
-                fields[f].append(getattr(p, f))
+    flat = [p for r in parsed for p in r.phrases]
+    # datasets of the `phrases` group: `phrase` itself, the attributes as phrase_<name>
+    columns = {("phrase" if f == "phrase" else f"phrase_{f}"): [getattr(p, f) for p in flat] for f in PHRASE_FIELDS}
+    for key, dtype in (("phrase_negated", bool), ("phrase_uncertain", bool), ("phrase_sentence_index", np.int32)):
+        columns[key] = np.array(columns[key], dtype=dtype)
     labels = np.array([[r.labels[o] for o in OBSERVATIONS] for r in parsed], dtype=np.float32).reshape(-1, 14)
     source = table[OBSERVATIONS].to_numpy(dtype=np.float32).reshape(-1, 14)
     prompts = [label_prompts(r.labels) for r in parsed]
@@ -298,12 +295,9 @@ def run(studies: str | Path, shard: str, out: str | Path, cfg: dict) -> dict:
                                                              r.sections.get("impression", "")))) for r in parsed])
         w.rows("labels", labels)
         w.rows("labels_source", source)
-        w.ragged("phrases", csr_offsets(len(r.phrases) for r in parsed),
-                 **{f"phrase_{k}" if k not in ("phrase",) else "phrase": (
-                     np.array(v, dtype=bool) if k in ("negated", "uncertain") else
-                     np.array(v, dtype=np.int32) if k == "sentence_index" else v) for k, v in fields.items()})
+        w.ragged("phrases", csr_offsets(len(r.phrases) for r in parsed), **columns)
         w.ragged("label_prompts", csr_offsets(len(p) for p in prompts), prompt=[t for p in prompts for t in p])
-    counts = {"images": len(table), "studies": len(first), "phrases": len(fields["phrase"]),
+    counts = {"images": len(table), "studies": len(first), "phrases": len(flat),
               "empty": sum(r.status == "empty" for r in parsed), "label_agreement": agree}
     log.info("shard %s: %d images, %d studies, %d phrases, %d empty reports; labels agree with the source "
              "table on %.4f of cells", shard, *counts.values())

@@ -30,7 +30,8 @@ class Finding:
 
 
 @dataclass
-class Radiograph:
+class Film:
+    """A drawn radiograph in attenuation units, with its ground-truth masks and findings."""
     density: np.ndarray  # (H, W) float32, 0 = air, higher = more attenuating
     right_lung: np.ndarray  # (H, W) bool (patient's right = image left)
     left_lung: np.ndarray
@@ -97,7 +98,7 @@ def lung_masks(t: Thorax, X: np.ndarray, Y: np.ndarray, inspiration: float) -> t
 
 
 def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds: list[str],
-                   inspiration: float = 1.0) -> Radiograph:
+                   inspiration: float = 1.0) -> Film:
     """A PA/AP radiograph of thorax `t` with the listed findings placed in its anatomy."""
     cols = int(round(rows * t.aspect))
     y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
@@ -158,7 +159,7 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
         clav &= xs * side_sign < 0.28
         density += 0.14 * clav
 
-    rad = Radiograph(density=density, right_lung=right, left_lung=left)
+    rad = Film(density=density, right_lung=right, left_lung=left)
     zone_bounds = {}
     for side, mask in (("right", right), ("left", left)):
         ys = np.nonzero(mask.any(axis=1))[0]
@@ -178,7 +179,7 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
     return _rotate(rad, tt.rotation)
 
 
-def _rotate(rad: Radiograph, degrees: float) -> Radiograph:
+def _rotate(rad: Film, degrees: float) -> Film:
     """Turn image and every mask together about the image centre; boxes follow the turned masks."""
     turn = lambda a, order: ndimage.rotate(a, degrees, reshape=False, order=order, mode="nearest")  # noqa: E731
     rad.density = turn(rad.density, 1).astype(np.float32)
@@ -213,7 +214,7 @@ def _point_in_zone(ctx: dict, side: str, zone: str) -> tuple[float, float] | Non
     return xs[i] * ctx["px"], ys[i] * ctx["px"]
 
 
-def _draw_finding(rad: Radiograph, kind: str, ctx: dict) -> Finding | None:
+def _draw_finding(rad: Film, kind: str, ctx: dict) -> Finding | None:
     rng, X, Y, px = ctx["rng"], ctx["X"], ctx["Y"], ctx["px"]
     size = str(rng.choice(["small", "moderate", "large"], p=[0.5, 0.35, 0.15]))
     scale = {"small": 0.0, "moderate": 0.5, "large": 1.0}[size]
