@@ -6,7 +6,7 @@
     show SHARD --row N -o PNG       one image with masks, ROI boxes and phrases from every stage
     montage DATA_DIR -o PNG         grid of synthetic radiographs with lung / lesion outlines and impressions
     parse-reports CSV -o DIR        reports (study_id, report) -> phrases.csv and labels.csv
-    bench normalize|synthesize|parse-reports|segment   throughput figures on this machine
+    bench normalize|synthesize|parse-reports|segment|pairing   figures on this machine
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", default=None, help="workflow config (default: the repository's config.yaml)")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
-    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment"])
+    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing"])
     s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
 

@@ -137,6 +137,41 @@ def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
             "crop_img_s": counts["images"] / t_crop}
 
 
+def bench_pairing(results: str = "results") -> dict:
+    """ROI <-> phrase pairing on the workflow's crop and report shards, scored on the synthetic truth: a pair is
+    right when the centre of the finding its phrase describes lies inside the paired ROI (original pixels)."""
+    from .pairing import pair_rois
+    from .shards import Shard
+
+    cfg = config.load()
+    truth = Path(cfg["data"]["synthetic"]["out_dir"]) / "ground_truth"
+    findings = pd.read_csv(truth / "findings.csv", dtype={"dicom_id": str, "study_id": str})
+    gt_phrases = pd.read_csv(truth / "phrases.csv", dtype={"study_id": str}, keep_default_na=False)
+    box = {(r.dicom_id, r.finding_index): ((r.x0 + r.x1) / 2, (r.y0 + r.y1) / 2) for r in findings.itertuples()}
+    region = {(r.study_id, " ".join(r.sentence.split()), r.observation): int(r.region)
+              for r in gt_phrases.itertuples() if r.region != "" and int(r.region) >= 0}
+    counts = {"pairs": 0, "judged": 0, "right": 0, "lesion": 0, "zone": 0, "lung": 0}
+    for crop_path in sorted(Path(results, "crop").glob("shard-*.h5")):
+        with Shard(crop_path) as c, Shard(Path(results, "reports", crop_path.name)) as r:
+            report_row = {image_id: i for i, image_id in enumerate(r.image_ids)}
+            for i, image_id in enumerate(c.image_ids):
+                rois, text = c.ragged_row("rois", i), r.row(report_row[image_id])
+                for pair in pair_rois(rois, text["phrases"]):
+                    counts["pairs"] += 1
+                    counts[pair.rule] += 1
+                    ph = text["phrases"]
+                    key = (text["study_id"], " ".join(ph["phrase_sentence"][pair.phrase].split()),
+                           ph["phrase_observation"][pair.phrase])
+                    if key not in region or (image_id, region[key]) not in box:
+                        continue
+                    cx, cy = box[(image_id, region[key])]
+                    x0, y0, x1, y1 = rois["roi_box_original"][pair.roi]
+                    counts["judged"] += 1
+                    counts["right"] += bool(x0 <= cx <= x1 and y0 <= cy <= y1)
+    counts["accuracy"] = counts["right"] / max(counts["judged"], 1)
+    return counts
+
+
 def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)
@@ -160,6 +195,10 @@ def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
             print("workflow segment shards, synthetic test split: " + ", ".join(
                 f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in dice.items()))
             res["test_dice"] = dice
+    elif stage == "pairing":
+        res = bench_pairing()
+        print(f"pairing: {res['pairs']} ROI-phrase pairs (lesion {res['lesion']}, zone {res['zone']}, lung "
+              f"{res['lung']}); {res['judged']} judged on synthetic truth: accuracy {res['accuracy']:.4f}")
     elif stage == "parse-reports":
         res = bench_parse_reports(n or 1000)
         print(f"parse-reports: {res['reports']} synthetic reports in {res['seconds']:.1f} s on one core: "
