@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from ..geometry import mask_box
 from ..io import sha256_file
 from ..shards import Shard, ShardWriter, csr_offsets
 from ..versions import STAGE_VERSIONS
@@ -42,13 +43,6 @@ class Roi:
     zone: str  # upper | middle | lower | ""
     source: str  # mask | prior | image
     area: int = 0  # mask pixels behind the ROI (0 for image / prior boxes)
-
-
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 def zone_edges(lung: np.ndarray) -> np.ndarray | None:

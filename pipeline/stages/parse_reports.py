@@ -31,6 +31,7 @@ from spacy.tokens import Span
 
 from ..labels import OBSERVATIONS, derive_labels, label_prompts
 from ..reports import lexicon as lx
+from ..reports.score import combine_sides
 from ..shards import ShardWriter, csr_offsets
 from ..io import sha256_file
 from ..versions import STAGE_VERSIONS
@@ -160,10 +161,7 @@ def _words(span: Span) -> list[str]:
 
 
 def _laterality(words: list[str]) -> str:
-    sides = {lx.LATERALITY[w] for w in words if w in lx.LATERALITY}
-    if "bilateral" in sides or {"left", "right"} <= sides:
-        return "bilateral"
-    return sides.pop() if sides else ""
+    return combine_sides({lx.LATERALITY[w] for w in words if w in lx.LATERALITY})
 
 
 def _zone(words: list[str]) -> str:

@@ -82,14 +82,19 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * inter / total) if total else float("nan")
 
 
-def evaluate(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, cfg: dict) -> dict[str, float]:
-    """Dice per lung over all images; lesion Dice over images with a lesion of at least `min_lesion_area`."""
-    pred = predict(model.eval(), images, cfg["input_size"], cfg["threshold"])
-    out = {f"dice_{c}": dice(pred[:, i], masks[:, i]) for i, c in enumerate(CLASSES[:2])}
-    big = masks[:, 2].reshape(len(masks), -1).sum(1) >= cfg["min_lesion_area"]
-    out["dice_lesion"] = dice(pred[big, 2], masks[big, 2]) if big.any() else float("nan")
-    out["images"], out["images_with_lesion"] = int(len(images)), int(big.sum())
+def dice_figures(pred: np.ndarray, truth: np.ndarray, min_lesion_area: int) -> dict[str, float]:
+    """Masks (N, 3, H, W): Dice per lung over all images; lesion Dice over images whose true lesion
+    covers at least `min_lesion_area` pixels."""
+    out = {f"dice_{c}": dice(pred[:, i], truth[:, i]) for i, c in enumerate(CLASSES[:2])}
+    big = truth[:, 2].reshape(len(truth), -1).sum(1) >= min_lesion_area
+    out["dice_lesion"] = dice(pred[big, 2], truth[big, 2]) if big.any() else float("nan")
+    out["images"], out["images_with_lesion"] = int(len(truth)), int(big.sum())
     return out
+
+
+def evaluate(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, cfg: dict) -> dict[str, float]:
+    pred = predict(model.eval(), images, cfg["input_size"], cfg["threshold"])
+    return dice_figures(pred, masks, cfg["min_lesion_area"])
 
 
 def evaluate_shards(segment_shards: list, masks_dir: str | Path, split: str, min_lesion_area: int) -> dict:
@@ -105,12 +110,7 @@ def evaluate_shards(segment_shards: list, masks_dir: str | Path, split: str, min
                 if mask_path.exists():
                     truth.append(bits_to_masks(norm.letterbox_mask(np.asarray(Image.open(mask_path)), size)))
                     pred.append(np.stack([s.f[c][i] > 0 for c in CLASSES]))
-    pred, truth = np.stack(pred), np.stack(truth)
-    out = {f"dice_{c}": dice(pred[:, i], truth[:, i]) for i, c in enumerate(CLASSES[:2])}
-    big = truth[:, 2].reshape(len(truth), -1).sum(1) >= min_lesion_area
-    out["dice_lesion"] = dice(pred[big, 2], truth[big, 2]) if big.any() else float("nan")
-    out["images"], out["images_with_lesion"] = int(len(truth)), int(big.sum())
-    return out
+    return dice_figures(np.stack(pred), np.stack(truth), min_lesion_area)
 
 
 def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module, dict]:

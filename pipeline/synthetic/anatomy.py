@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from ..geometry import mask_box
+
 SIDES = ("right", "left")  # patient's side; right lung is on the image's left
 ZONES = ("upper", "middle", "lower")
 LESION_FINDINGS = ("pleural_effusion", "pneumothorax", "consolidation", "nodule", "mass", "atelectasis", "edema")
@@ -49,13 +51,6 @@ class Film:
 def _smooth_step(d: np.ndarray, width: float) -> np.ndarray:
     """0 outside, 1 inside, with a soft edge of `width` (d = signed distance, positive inside)."""
     return np.clip(d / width + 0.5, 0.0, 1.0)
-
-
-def _box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
-        return None
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
 class Thorax:
@@ -187,7 +182,7 @@ def _rotate(rad: Film, degrees: float) -> Film:
     rad.left_lung = turn(rad.left_lung, 0)
     for f in rad.findings:
         f.mask = turn(f.mask, 0)
-        f.box = _box(f.mask)
+        f.box = mask_box(f.mask)
     rad.findings = [f for f in rad.findings if f.box is not None]
     return rad
 
