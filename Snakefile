@@ -20,6 +20,7 @@ include: "workflow/rules/normalize.smk"
 include: "workflow/rules/parse_reports.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/crop.smk"
+include: "workflow/rules/teacher.smk"
 
 
 # The stages built so far; `train` joins `all` when the trainer lands.
@@ -28,4 +29,5 @@ rule all:
         rules.stage_normalize.input,
         rules.stage_parse_reports.input,
         rules.stage_crop.input,
+        teacher_weights(),
     default_target: True

@@ -9,4 +9,5 @@ STAGE_VERSIONS = {
     "train_segmenter": 1,
     "segment": 1,
     "crop": 1,
+    "fit_teacher": 1,
 }

@@ -30,7 +30,8 @@ def test_lint_is_clean():
 
 def test_dry_run_of_default_config(tmp_path):
     out = run_snakemake(tmp_path, "-n", configfile=None).stdout
-    assert jobs(out) == {"synthesize": 1, "ingest": 1, "all": 1}  # per-shard jobs appear after the checkpoint
+    # per-shard jobs appear once the ingest checkpoint has run
+    assert jobs(out) == {"synthesize": 1, "ingest": 1, "fit_teacher": 1, "all": 1}
     assert not (tmp_path / "results").exists()
 
 
@@ -85,10 +86,28 @@ def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
     rerun = lambda override: jobs(run_snakemake(tiny_run, "-n", "all", "--config", override).stdout)  # noqa: E731
     assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
-                                             "crop": n_shards, "all": 1}
-    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "all": 1}
+                                             "crop": n_shards, "fit_teacher": 1, "all": 1}
+    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "fit_teacher": 1, "all": 1}
+    assert rerun("teacher={steps: 4}") == {"fit_teacher": 1, "all": 1}
     assert rerun("segment={epochs: 3}") == {"train_segmenter": 1, "segment": n_shards, "crop": n_shards, "all": 1}
     assert rerun("crop={pad: 0.1}") == {"crop": n_shards, "all": 1}
+
+
+def test_tiny_run_fits_a_teacher_open_clip_loads(tiny_run):
+    import open_clip
+
+    import pipeline.models  # noqa: F401  (registers the medclip-* configs with open_clip)
+
+    lines = (tiny_run / "results/teacher/metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
+    open_clip.create_model("medclip-tiny", pretrained=str(tiny_run / "results/teacher/model.pt"))
+
+
+def test_given_teacher_weights_skip_fit_teacher(tiny_run, tmp_path):
+    override = tmp_path / "given.yaml"
+    override.write_text(f"teacher:\n  weights: {tiny_run / 'results/teacher/model.pt'}\n  steps: 99\n")
+    out = run_snakemake(tiny_run, "-n", "all", "--configfile", str(TINY), str(override), configfile=None).stdout
+    assert "fit_teacher" not in jobs(out)
 
 
 def test_tiny_run_segments_and_crops_every_image(tiny_run):

@@ -42,6 +42,11 @@ def segmenter_weights(wildcards):
     return "results/segmenter/unet.pt"
 
 
+def teacher_weights(wildcards=None):
+    """teacher.weights when it names a file (fit_teacher is then skipped), else the fitted teacher."""
+    return config["teacher"]["weights"] or "results/teacher/model.pt"
+
+
 def shard_ids():
     """Shard ids from the ingest checkpoint's plan (re-evaluated after ingest runs)."""
     with open(checkpoints.ingest.get().output.plan) as f:

@@ -1,0 +1,63 @@
+"""The CLIP training loop: resume after a kill, schedule, batches, and weights open_clip can load."""
+
+import json
+
+import numpy as np
+import open_clip
+import pytest
+import torch
+
+from pipeline import config
+from pipeline.data import ImageReportPairs
+from pipeline.trainer import batch_indices, fit_global, lr_at
+
+
+@pytest.fixture
+def pairs():
+    rng = np.random.default_rng(0)
+    texts = ["small left pleural effusion", "no pneumothorax", "right lower lobe opacity", "mild edema",
+             "cardiomegaly", "normal chest", "left apical pneumothorax", "bibasilar atelectasis"]
+    return ImageReportPairs([f"i{k}" for k in range(8)], rng.integers(0, 255, (8, 64, 64), dtype=np.uint8), texts)
+
+
+@pytest.fixture
+def cfg():
+    c = config.load()["teacher"]
+    c.update(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3)
+    return c
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, pairs, cfg):
+    fit_global(pairs, cfg, tmp_path / "straight")
+    assert fit_global(pairs, cfg, tmp_path / "killed", stop_after=4) == {"stopped_at": 4}  # dies after step 4
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    fit_global(pairs, cfg, tmp_path / "killed")  # resumes from the step-3 checkpoint
+    a = torch.load(tmp_path / "straight" / "model.pt")
+    b = torch.load(tmp_path / "killed" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(6))  # step 3 (logged before the kill) is not duplicated
+    last = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(last) >= {"global_loss", "roi_loss", "total_loss", "lr", "logit_scale", "grad_norm"}
+
+
+def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, pairs, cfg):
+    fit_global(pairs, cfg, tmp_path / "run", stop_after=3)
+    fit_global(pairs, {**cfg, "lr": cfg["lr"] * 2}, tmp_path / "run")
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(6))
+
+
+def test_final_weights_load_with_open_clip(tmp_path, pairs, cfg):
+    fit_global(pairs, {**cfg, "steps": 2, "checkpoint_every": 10}, tmp_path)
+    model = open_clip.create_model(cfg["model"], pretrained=str(tmp_path / "model.pt"))
+    assert model.logit_scale.exp().item() <= 100.0 + 1e-4
+
+
+def test_schedule_and_batches():
+    c = {"lr": 1.0, "warmup_steps": 4, "steps": 14}
+    assert [lr_at(s, c) for s in (0, 3)] == [0.25, 1.0]
+    assert lr_at(9, c) == pytest.approx(0.5) and lr_at(14, c) == pytest.approx(0.0, abs=1e-12)
+    first, second = batch_indices(0, 10, 4, 0), batch_indices(1, 10, 4, 0)
+    assert len(set(first) | set(second)) == 8  # one epoch draws without repeats
+    assert np.array_equal(batch_indices(5, 10, 4, 0), batch_indices(5, 10, 4, 0))

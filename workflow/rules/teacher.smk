@@ -1,0 +1,26 @@
+rule fit_teacher:
+    input:
+        normalized=shard_files("normalize"),
+        reports=shard_files("reports"),
+    output:
+        model="results/teacher/model.pt",
+        metrics="results/teacher/metrics.jsonl",
+    log:
+        "logs/fit_teacher/fit_teacher.log",
+    benchmark:
+        "benchmarks/fit_teacher/fit_teacher.tsv"
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=stage_config("teacher"),
+        version=stage_version("fit_teacher"),
+    script:
+        "../scripts/fit_teacher.py"
+
+
+rule stage_fit_teacher:
+    input:
+        rules.fit_teacher.output,
