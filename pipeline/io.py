@@ -39,6 +39,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def usable_threads(requested: int) -> int:
+    """Threads for torch: what Snakemake granted, but never more than the cores this process may run on
+    (`--cores 8` on a 2-core machine would otherwise oversubscribe it several times over)."""
+    return max(1, min(int(requested), len(os.sched_getaffinity(0))))
+
+
 def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
     """Log to `log_path` (Snakemake's `log:` file) and stderr; no timestamps, so logs diff cleanly."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]

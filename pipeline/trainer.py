@@ -22,7 +22,7 @@ import torch
 from . import models
 from .config import config_sha256
 from .data import ImageReportPairs
-from .io import atomic_path
+from .io import atomic_path, usable_threads
 from .losses import RegionAwareLoss
 
 log = logging.getLogger("pipeline.trainer")
@@ -64,7 +64,7 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
     checkpoints/last.pt. `stop_after` ends the run early after that step's checkpoint (to test resuming)."""
     out_dir = Path(out_dir)
     torch.manual_seed(cfg["seed"])
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(usable_threads(threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = models.create(cfg["model"]).to(device)
     size = models.image_size(model)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..io import sha256_file
+from ..io import sha256_file, usable_threads
 from ..shards import Shard, ShardWriter
 from ..versions import STAGE_VERSIONS
 
@@ -93,7 +93,7 @@ def quality(masks: np.ndarray, min_lung_fraction: float) -> dict[str, np.ndarray
 
 
 def run(normalized: str | Path, weights: str | Path, out: str | Path, cfg: dict, threads: int = 1) -> dict:
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(usable_threads(threads))
     model = load_unet(weights, cfg)
     with Shard(normalized) as s:
         images = s.f["image"][()]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..io import atomic_path, write_text_atomic
+from ..io import atomic_path, usable_threads, write_text_atomic
 from ..shards import Shard
 from . import normalize as norm
 from .segment import CLASSES, build_unet, predict, to_input
@@ -115,7 +115,7 @@ def evaluate_shards(segment_shards: list, masks_dir: str | Path, split: str, min
 
 def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module, dict]:
     torch.manual_seed(cfg["seed"])
-    torch.set_num_threads(max(1, threads))
+    torch.set_num_threads(usable_threads(threads))
     rng = np.random.default_rng(cfg["seed"])
     images, masks = examples["train"]
     x = to_input(images, cfg["input_size"])  # (N, 1, s, s)
