@@ -111,11 +111,3 @@ def test_reader_reopens_in_a_new_process(tmp_path):
 def _ids(shard):
     return shard.image_ids
 
-
-def test_torch_threads_never_exceed_the_usable_cores():
-    import os
-
-    from pipeline.io import usable_threads
-
-    cores = len(os.sched_getaffinity(0))
-    assert usable_threads(64) == cores and usable_threads(1) == 1 and usable_threads(0) == 1
