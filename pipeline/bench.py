@@ -172,6 +172,10 @@ def bench_pairing(results: str = "results") -> dict:
     return counts
 
 
+def _figures(d: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
+
+
 def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)
@@ -192,8 +196,7 @@ def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
             from .stages.train_segmenter import evaluate_shards
 
             dice = evaluate_shards(shards, masks, "test", cfg["segment"]["min_lesion_area"])
-            print("workflow segment shards, synthetic test split: " + ", ".join(
-                f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in dice.items()))
+            print("workflow segment shards, synthetic test split: " + _figures(dice))
             res["test_dice"] = dice
     elif stage == "pairing":
         res = bench_pairing()
@@ -204,8 +207,7 @@ def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
         print(f"parse-reports: {res['reports']} synthetic reports in {res['seconds']:.1f} s on one core: "
               f"{res['reports_s']:.0f} reports/s (target >= 100)")
         for name in ("synthetic", "hand_written"):
-            print(f"  {name}: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                                             for k, v in res[name].items()))
+            print(f"  {name}: " + _figures(res[name]))
     else:
         res = bench_synthesize(n or 20, size or config.load()["data"]["synthetic"]["image_size"])
         print(f"synthesize: {res['studies']} studies ({res['images']} images, {res['image_rows']} rows) "

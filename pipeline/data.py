@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import Shard
+from .shards import Shard, decode
+from .stages.normalize import as_uint8
 
 
 @dataclass
@@ -27,20 +28,17 @@ def load_pairs(normalize_shards: list[str | Path], report_shards: list[str | Pat
     text: dict[str, str] = {}
     for path in report_shards:
         with Shard(path) as r:
-            for image_id, fi, report in zip(r.image_ids, r.f["findings_impression"][()], r.f["report"][()]):
-                fi, report = (v.decode() if isinstance(v, bytes) else v for v in (fi, report))
+            for image_id, fi, report in zip(r.image_ids, decode(r.f["findings_impression"][()]),
+                                            decode(r.f["report"][()])):
                 text[image_id] = fi.strip() or " ".join(report.split())
     ids, images, reports = [], [], []
     for path in normalize_shards:
         with Shard(path) as n:
-            split = [s.decode() if isinstance(s, bytes) else s for s in n.f["split"][()]]
-            keep = [i for i, (image_id, s) in enumerate(zip(n.image_ids, split))
+            keep = [i for i, (image_id, s) in enumerate(zip(n.image_ids, decode(n.f["split"][()])))
                     if s in splits and text.get(image_id)]
             if not keep:
                 continue
-            block = n.f["image"][keep[0] : keep[-1] + 1][np.array(keep) - keep[0]]
-            if block.dtype != np.uint8:
-                block = (block // 257).astype(np.uint8)
+            block = as_uint8(n.f["image"][keep[0] : keep[-1] + 1][np.array(keep) - keep[0]])
             ids += [n.image_ids[i] for i in keep]
             images.append(block)
             reports += [text[n.image_ids[i]] for i in keep]

@@ -26,7 +26,7 @@ from ..geometry import mask_box
 from ..io import sha256_file
 from ..shards import Shard, ShardWriter, csr_offsets
 from ..versions import STAGE_VERSIONS
-from .normalize import to_original
+from .normalize import as_uint8, to_original
 
 log = logging.getLogger("pipeline.crop")
 STAGE = "crop"
@@ -163,27 +163,26 @@ def run(normalized: str | Path, segmented: str | Path, out: str | Path, cfg: dic
         images, transforms, sizes = n.f["image"][()], n.f["transform"][()], n.f["original_size"][()]
         right, left, lesion = (s.f[k][()].astype(bool) for k in ("right_lung", "left_lung", "lesion"))
         no_lungs = s.f["no_lungs"][()]
-    if images.dtype != np.uint8:
-        images = (images // 257).astype(np.uint8)
+    images = as_uint8(images)
     size = images.shape[-1] if len(images) else 0
-    per_image, crops = [], []
+    per_image, crops, boxes, original = [], [], [np.zeros((0, 4))], [np.zeros((0, 4))]
     for i in range(len(ids)):
         rois = image_rois(right[i], left[i], lesion[i], bool(no_lungs[i]), transforms[i], sizes[i], cfg)
         for r in rois:
             r.box = pad_box(r.box, size, 0.0 if r.kind == "image" else cfg["pad"], cfg["min_size"])
+        b = np.array([r.box for r in rois], np.float64).reshape(-1, 4)
         per_image.append(rois)
-        crops.append(crop_resize(images[i], np.array([r.box for r in rois], np.float64).reshape(-1, 4),
-                                 cfg["roi_size"]))
+        crops.append(crop_resize(images[i], b, cfg["roi_size"]))
+        boxes.append(b)
+        original.append(to_original(b, transforms[i]))
     flat = [r for rois in per_image for r in rois]
-    boxes = np.array([r.box for r in flat], np.float32).reshape(-1, 4)
-    original = np.concatenate([to_original(np.array([r.box for r in rois]).reshape(-1, 4), transforms[i])
-                               for i, rois in enumerate(per_image)] or [np.zeros((0, 4))]).astype(np.float32)
     with ShardWriter(out, stage=STAGE, stage_version=STAGE_VERSIONS[STAGE], config=cfg, image_id=ids,
                      upstream={"normalize": sha256_file(normalized), "segment": sha256_file(segmented)}) as w:
         w.rows("no_lungs", np.asarray(no_lungs, dtype=bool))
         w.ragged("rois", csr_offsets(len(r) for r in per_image),
                  roi_image=np.concatenate(crops) if crops else np.zeros((0, cfg["roi_size"], cfg["roi_size"]), np.uint8),
-                 roi_box=boxes, roi_box_original=original, roi_kind=[r.kind for r in flat],
+                 roi_box=np.concatenate(boxes).astype(np.float32),
+                 roi_box_original=np.concatenate(original).astype(np.float32), roi_kind=[r.kind for r in flat],
                  roi_laterality=[r.laterality for r in flat], roi_zone=[r.zone for r in flat],
                  roi_source=[r.source for r in flat], roi_area=np.array([r.area for r in flat], np.int32))
     counts = {"images": len(ids), "rois": len(flat), "lesion_rois": sum(r.kind == "lesion" for r in flat),

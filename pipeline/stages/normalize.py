@@ -215,6 +215,11 @@ def letterbox(pixels: np.ndarray, size: int, bit_depth: int = 8) -> tuple[np.nda
     return out, np.array([nh / h, nw / w, top, left], dtype=np.float64)
 
 
+def as_uint8(images: np.ndarray) -> np.ndarray:
+    """Normalized images as 8-bit, whatever `normalize.bit_depth` wrote (models and crops read 8-bit)."""
+    return images if images.dtype == np.uint8 else (images // 257).astype(np.uint8)
+
+
 def to_original(boxes: np.ndarray, transform: np.ndarray) -> np.ndarray:
     """Boxes (M, 4) as x0, y0, x1, y1 in normalized pixels -> original pixels (edge coordinates)."""
     sy, sx, oy, ox = transform

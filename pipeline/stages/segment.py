@@ -20,6 +20,7 @@ from scipy import ndimage
 from ..io import sha256_file, usable_threads
 from ..shards import Shard, ShardWriter
 from ..versions import STAGE_VERSIONS
+from .normalize import as_uint8
 
 log = logging.getLogger("pipeline.segment")
 STAGE = "segment"
@@ -98,8 +99,7 @@ def run(normalized: str | Path, weights: str | Path, out: str | Path, cfg: dict,
     with Shard(normalized) as s:
         images = s.f["image"][()]
         ids = s.image_ids
-    if images.dtype != np.uint8:  # 16-bit normalize output: the model sees 8-bit
-        images = (images // 257).astype(np.uint8)
+    images = as_uint8(images)
     masks = predict(model, images, cfg["input_size"], cfg["threshold"]) if len(images) else \
         np.zeros((0, len(CLASSES), *images.shape[1:]), bool)
     q = quality(clean_lungs(masks), cfg["min_lung_fraction"])

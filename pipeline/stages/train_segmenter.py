@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..io import atomic_path, usable_threads, write_text_atomic
-from ..shards import Shard
+from ..shards import Shard, decode
 from . import normalize as norm
 from .segment import CLASSES, build_unet, predict, to_input
 
@@ -37,20 +37,27 @@ def bits_to_masks(bits: np.ndarray) -> np.ndarray:
     return np.stack([(bits & b) > 0 for b in (1, 2, 4)], axis=-3)
 
 
+def truth_masks(masks_dir: str | Path, image_id: str, size: int) -> np.ndarray | None:
+    """The synthetic ground truth of one image as (3, size, size) bool in the normalized grid; None if absent."""
+    path = Path(masks_dir) / f"{image_id}.png"
+    if not path.exists():
+        return None
+    return bits_to_masks(norm.letterbox_mask(np.asarray(Image.open(path)), size))
+
+
 def synthetic_examples(shards: list[str | Path], masks_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """split -> (images (N, S, S) uint8, masks (N, 3, S, S) bool) from normalize shards + synthetic masks."""
     by_split: dict[str, tuple[list, list]] = {}
     for path in shards:
         with Shard(path) as s:
-            images, splits = s.f["image"][()], s.f["split"][()]
+            images, splits = s.f["image"][()], decode(s.f["split"][()])
             for image, split, image_id in zip(images, splits, s.image_ids):
-                mask_path = Path(masks_dir) / f"{image_id}.png"
-                if not mask_path.exists():
+                truth = truth_masks(masks_dir, image_id, image.shape[-1])
+                if truth is None:
                     continue
-                bits = norm.letterbox_mask(np.asarray(Image.open(mask_path)), image.shape[-1])
-                imgs, masks = by_split.setdefault(split.decode() if isinstance(split, bytes) else split, ([], []))
+                imgs, masks = by_split.setdefault(split, ([], []))
                 imgs.append(image)
-                masks.append(bits_to_masks(bits))
+                masks.append(truth)
     return {k: (np.stack(v[0]), np.stack(v[1])) for k, v in by_split.items()}
 
 
@@ -103,12 +110,11 @@ def evaluate_shards(segment_shards: list, masks_dir: str | Path, split: str, min
     for path in segment_shards:
         norm_path = Path(path).parent.parent / "normalize" / Path(path).name
         with Shard(path) as s, Shard(norm_path) as n:
-            keep = [i for i, sp in enumerate(n.f["split"][()]) if (sp.decode() if isinstance(sp, bytes) else sp) == split]
             size = n.f["image"].shape[-1]
-            for i in keep:
-                mask_path = Path(masks_dir) / f"{s.image_ids[i]}.png"
-                if mask_path.exists():
-                    truth.append(bits_to_masks(norm.letterbox_mask(np.asarray(Image.open(mask_path)), size)))
+            for i, sp in enumerate(decode(n.f["split"][()])):
+                t = truth_masks(masks_dir, s.image_ids[i], size) if sp == split else None
+                if t is not None:
+                    truth.append(t)
                     pred.append(np.stack([s.f[c][i] > 0 for c in CLASSES]))
     return dice_figures(np.stack(pred), np.stack(truth), min_lesion_area)
 
