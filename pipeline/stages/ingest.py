@@ -87,6 +87,7 @@ def read_mimic(root: str | Path) -> pd.DataFrame:
     files = root / "files"
     patient_dir = files / meta["subject_id"].str[:2].radd("p") / meta["subject_id"].radd("p")
     study_dir = [str(p / f"s{s}") for p, s in zip(patient_dir, meta["study_id"])]
+    reports = {d: _read_report(Path(f"{d}.txt")) for d in dict.fromkeys(study_dir)}  # once per study, not per image
     out = pd.DataFrame({
         "image_id": meta["dicom_id"],
         "study_id": meta["study_id"],
@@ -94,7 +95,7 @@ def read_mimic(root: str | Path) -> pd.DataFrame:
         "split": meta["split"].fillna("").astype(str),
         "view": meta["ViewPosition"].map(_view) if "ViewPosition" in meta else "OTHER",
         "image_path": [f"{d}/{i}.dcm" for d, i in zip(study_dir, meta["dicom_id"])],
-        "report": [_read_report(Path(f"{d}.txt")) for d in study_dir],
+        "report": [reports[d] for d in study_dir],
         "sex": "",
         "age": np.nan,
     })
