@@ -21,13 +21,19 @@ include: "workflow/rules/parse_reports.smk"
 include: "workflow/rules/segment.smk"
 include: "workflow/rules/crop.smk"
 include: "workflow/rules/teacher.smk"
+include: "workflow/rules/embed.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
-# The stages built so far; `train` joins `all` when the trainer lands.
+localrules:
+    all,
+    train,
+
+
+# The whole comparison: every run of evaluate.runs trained, evaluated against the baseline, and pictured.
 rule all:
     input:
-        rules.stage_normalize.input,
-        rules.stage_parse_reports.input,
-        rules.stage_crop.input,
-        teacher_weights(),
+        rules.evaluate.output,
+        rules.visualize.output,
     default_target: True

@@ -6,7 +6,8 @@
     show SHARD --row N -o PNG       one image with masks, ROI boxes and phrases from every stage
     montage DATA_DIR -o PNG         grid of synthetic radiographs with lung / lesion outlines and impressions
     parse-reports CSV -o DIR        reports (study_id, report) -> phrases.csv and labels.csv
-    bench normalize|synthesize|parse-reports|segment|pairing   figures on this machine
+    train --spec SPEC               one training run (what the rule, or torchrun in each process, starts)
+    bench normalize|synthesize|parse-reports|segment|pairing|train   figures on this machine
 """
 
 from __future__ import annotations
@@ -47,10 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-o", "--out", required=True)
     s.add_argument("--config", default=None, help="workflow config (default: the repository's config.yaml)")
 
+    s = sub.add_parser("train", help="one training run from its spec.json (see pipeline/stages/train.py)")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--threads", type=int, default=1)
+    s.add_argument("--log", default=None, help="log file (rank 0 appends to it)")
+
     s = sub.add_parser("bench", help="throughput benchmarks")
-    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing"])
+    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train"])
     s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
+    s.add_argument("--teacher-model", default=None, help="bench train: the online teacher's architecture "
+                   "(default teacher.model; medclip-vit-b-16 shows a GPU-sized teacher, randomly initialised)")
 
     args = p.parse_args(argv)
     if args.command == "inspect":
@@ -90,10 +98,18 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in parse_reports.parse_csv(args.table, args.out, config.load(args.config)["parse_reports"]):
             print(path)
+    elif args.command == "train":
+        import os
+
+        from .io import setup_logging
+        from .stages import train
+
+        setup_logging(args.log if os.environ.get("RANK", "0") == "0" else None, append=True)
+        train.run(args.spec, args.threads)
     elif args.command == "bench":
         from . import bench
 
-        bench.run(args.stage, n=args.n, size=args.size)
+        bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model)
     return 0
 
 

@@ -138,45 +138,38 @@ def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
 
 
 def bench_pairing(results: str = "results") -> dict:
-    """ROI <-> phrase pairing on the workflow's crop and report shards, scored on the synthetic truth: a pair is
-    right when the centre of the finding its phrase describes lies inside the paired ROI (original pixels)."""
-    from .pairing import pair_rois
-    from .shards import Shard
+    """ROI <-> phrase pairing on the workflow's crop and report shards, scored on the synthetic truth."""
+    from .pairing import accuracy_on_truth
 
-    cfg = config.load()
-    truth = Path(cfg["data"]["synthetic"]["out_dir"]) / "ground_truth"
-    findings = pd.read_csv(truth / "findings.csv", dtype={"dicom_id": str, "study_id": str})
-    gt_phrases = pd.read_csv(truth / "phrases.csv", dtype={"study_id": str}, keep_default_na=False)
-    box = {(r.dicom_id, r.finding_index): ((r.x0 + r.x1) / 2, (r.y0 + r.y1) / 2) for r in findings.itertuples()}
-    region = {(r.study_id, " ".join(r.sentence.split()), r.observation): int(r.region)
-              for r in gt_phrases.itertuples() if r.region != "" and int(r.region) >= 0}
-    counts = {"pairs": 0, "judged": 0, "right": 0, "lesion": 0, "zone": 0, "lung": 0}
-    for crop_path in sorted(Path(results, "crop").glob("shard-*.h5")):
-        with Shard(crop_path) as c, Shard(Path(results, "reports", crop_path.name)) as r:
-            report_row = {image_id: i for i, image_id in enumerate(r.image_ids)}
-            for i, image_id in enumerate(c.image_ids):
-                rois, text = c.ragged_row("rois", i), r.row(report_row[image_id])
-                for pair in pair_rois(rois, text["phrases"]):
-                    counts["pairs"] += 1
-                    counts[pair.rule] += 1
-                    ph = text["phrases"]
-                    key = (text["study_id"], " ".join(ph["phrase_sentence"][pair.phrase].split()),
-                           ph["phrase_observation"][pair.phrase])
-                    if key not in region or (image_id, region[key]) not in box:
-                        continue
-                    cx, cy = box[(image_id, region[key])]
-                    x0, y0, x1, y1 = rois["roi_box_original"][pair.roi]
-                    counts["judged"] += 1
-                    counts["right"] += bool(x0 <= cx <= x1 and y0 <= cy <= y1)
-    counts["accuracy"] = counts["right"] / max(counts["judged"], 1)
-    return counts
+    truth = Path(config.load()["data"]["synthetic"]["out_dir"]) / "ground_truth"
+    crops = sorted(Path(results, "crop").glob("shard-*.h5"))
+    return accuracy_on_truth(crops, [Path(results, "reports", c.name) for c in crops], truth)
 
 
 def _figures(d: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
 
 
-def run(stage: str, n: int | None = None, size: int | None = None) -> dict:
+def run(stage: str, n: int | None = None, size: int | None = None, teacher_model: str | None = None) -> dict:
+    if stage == "train":
+        from .bench_train import bench_train
+
+        res = bench_train(n or 10, teacher_model)
+        a, b = res["cached"], res["online"]
+        print(f"train: {n or 10} steps of the same student and batches; teacher {b['teacher']} "
+              f"(a) cached in shards, (b) run online inside the step")
+        for m in (a, b):
+            cuda = f", CUDA peak {m['cuda_peak_mb']:.0f} MB" if m["cuda_peak_mb"] else ""
+            print(f"  {m['teacher']:>18}: {m['step_s']:.3f} s/step, peak RSS {m['peak_rss_mb']:.0f} MB, "
+                  f"training memory {m['train_mb']:.0f} MB{cuda}")
+        print(f"  (a)/(b): step time {res['step_ratio']:.2f}x (target <= 0.7), peak RSS {res['peak_ratio']:.2f}x, "
+              f"training memory {res['train_mem_ratio']:.2f}x (target <= 0.6)"
+              + (f", CUDA peak {res['cuda_ratio']:.2f}x" if "cuda_ratio" in res else ""))
+        ld = res["loading"]
+        print(f"loading {ld['samples']} samples (image + paired ROIs at model size): shards "
+              f"{ld['shards_samples_s']:.0f}/s, PNG decode + crop {ld['png_samples_s']:.0f}/s: {ld['ratio']:.2f}x "
+              f"(target >= 3)")
+        return res
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)
         print(f"normalize: {res['images']} DICOMs of {res['source_rows']} rows -> {res['out_size']}px")

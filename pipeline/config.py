@@ -72,7 +72,25 @@ def validate(config: dict) -> dict:
     total = split["train"] + split["validate"] + split["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"config key data.split: fractions must add up to 1, got {total:g}")
+    train_schema = schema["properties"]["train"]
+    for name in cfg["evaluate"]["runs"]:
+        run = run_config(cfg, name)
+        for err in jsonschema.Draft202012Validator(train_schema).iter_errors(run):
+            where = ".".join(str(p) for p in err.absolute_path)
+            raise ConfigError(f"config key evaluate.runs.{name}{'.' + where if where else ''}: {err.message}")
+        if run["init"] == "teacher" and run["model"] != cfg["teacher"]["model"]:
+            raise ConfigError(f"config key evaluate.runs.{name}: init: teacher needs train.model == teacher.model "
+                              f"({run['model']} != {cfg['teacher']['model']}); use init: scratch")
+    if cfg["train"]["init"] == "teacher" and cfg["train"]["model"] != cfg["teacher"]["model"]:
+        raise ConfigError("config key train.init: teacher needs train.model == teacher.model; use init: scratch")
     return cfg
+
+
+def run_config(cfg: dict, name: str) -> dict:
+    """The train section of one run: train's values with the run's overrides from evaluate.runs (coerced)."""
+    schema = load_schema()["properties"]["train"]
+    overrides = cfg["evaluate"]["runs"].get(name, {})
+    return {**cfg["train"], **_coerce(overrides, schema)}
 
 
 def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:

@@ -45,12 +45,13 @@ def usable_threads(requested: int) -> int:
     return max(1, min(int(requested), len(os.sched_getaffinity(0))))
 
 
-def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO) -> logging.Logger:
+def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO, append: bool = False
+                  ) -> logging.Logger:
     """Log to `log_path` (Snakemake's `log:` file) and stderr; no timestamps, so logs diff cleanly."""
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_path, mode="w", encoding="utf-8"))
+        handlers.append(logging.FileHandler(log_path, mode="a" if append else "w", encoding="utf-8"))
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
     for noisy in ("openjpeg", "pylibjpeg", "jpeg_ls", "matplotlib", "PIL"):  # per-tile / per-file chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -61,13 +61,17 @@ def negative_caption_loss(roi: torch.Tensor, phrase: torch.Tensor, negatives: to
 
 
 def distill_loss(student_roi: torch.Tensor, student_concepts: torch.Tensor, student_scale: torch.Tensor,
-                 teacher_roi: torch.Tensor, teacher_concepts: torch.Tensor, teacher_scale: torch.Tensor | float,
-                 reduction: str = "mean") -> torch.Tensor:
-    """KL(p_teacher || p_student) over concept prompts T, per ROI. The teacher side is precomputed (no grad)."""
+                 teacher_roi: torch.Tensor | None = None, teacher_concepts: torch.Tensor | None = None,
+                 teacher_scale: torch.Tensor | float = 1.0, reduction: str = "mean",
+                 teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p_teacher || p_student) over concept prompts T, per ROI. The teacher side is precomputed (no grad):
+    its embeddings, or directly its logits (R, T) = teacher_scale * teacher_roi @ teacher_concepts.T."""
     if len(student_roi) == 0:
         return student_roi.sum() * 0.0
     log_p_student = F.log_softmax(student_scale * student_roi @ student_concepts.T, dim=-1)  # (R, T)
-    log_p_teacher = F.log_softmax(teacher_scale * teacher_roi @ teacher_concepts.T, dim=-1).detach()
+    if teacher_logits is None:
+        teacher_logits = teacher_scale * teacher_roi @ teacher_concepts.T
+    log_p_teacher = F.log_softmax(teacher_logits.float(), dim=-1).detach()
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)  # (R,)
     return _reduce(kl, reduction)
 
@@ -83,7 +87,7 @@ class RegionAwareLoss(nn.Module):
 
     def forward(self, image_features, text_features, logit_scale, roi_features=None, phrase_features=None,
                 negative_features=None, negative_mask=None, concept_features=None, dist_roi_features=None,
-                dist_concept_features=None, dist_logit_scale=None) -> dict[str, torch.Tensor]:
+                dist_concept_features=None, dist_logit_scale=None, teacher_logits=None) -> dict[str, torch.Tensor]:
         r = self.reduction
         zero = image_features.sum() * 0.0
         terms = {"global_loss": global_loss(image_features, text_features, logit_scale, self.symmetric, r)}
@@ -92,8 +96,9 @@ class RegionAwareLoss(nn.Module):
         terms["neg_loss"] = (negative_caption_loss(roi_features, phrase_features, negative_features, negative_mask,
                                                    logit_scale, r)
                              if have_rois and negative_features is not None else zero)
+        have_teacher = dist_roi_features is not None or teacher_logits is not None
         terms["distill_loss"] = (distill_loss(roi_features, concept_features, logit_scale, dist_roi_features,
-                                              dist_concept_features, dist_logit_scale, r)
-                                 if roi_features is not None and dist_roi_features is not None else zero)
+                                              dist_concept_features, dist_logit_scale, r, teacher_logits)
+                                 if roi_features is not None and have_teacher else zero)
         terms["total_loss"] = sum(self.weights[k] * v for k, v in terms.items())
         return terms

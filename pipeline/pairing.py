@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 # observations that sit in a lung region; the others (heart, mediastinum, devices, bones) stay global
 REGIONAL = {"Atelectasis", "Consolidation", "Edema", "Lung Lesion", "Lung Opacity", "Pleural Effusion",
@@ -36,7 +37,8 @@ class Pair:
 def pair_rois(rois: dict[str, list], phrases: dict[str, list], uncertain: str = "drop") -> list[Pair]:
     """Pairs for one image. rois: roi_kind, roi_laterality, roi_zone, roi_area (lists, one per ROI);
     phrases: phrase_observation, phrase_negated, phrase_uncertain, phrase_laterality, phrase_zone.
-    uncertain: "drop" (hedged phrases get no ROI) or "positive" (paired like present ones)."""
+    uncertain: "drop" (hedged phrases get no ROI), "positive" or "own" (paired like present ones; "own" gives them
+    a caption of their own, see `pair_caption`)."""
     kinds, sides, zones = rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]
     areas = rois.get("roi_area", [0] * len(kinds))
     pairs = []
@@ -95,3 +97,62 @@ def hard_negatives(phrase: str, observation: str, side: str, zone: str, others: 
     for obs in [o for o in CANONICAL if o != observation][:others]:
         out["other_finding"].append(caption(obs, side, zone))
     return out
+
+
+_HEDGE = re.compile(r"\b(possible|possibly|probable|probably|likely|may|might|suspected|suspicious|questionable|"
+                    r"cannot be excluded|could)\b", re.I)
+
+
+def pair_caption(phrase: str, uncertain: bool, mode: str) -> str:
+    """The text a paired ROI is pulled towards: the phrase, or in mode "own" a hedged phrase kept hedged."""
+    if uncertain and mode == "own" and not _HEDGE.search(phrase):
+        return f"possible {phrase}"
+    return phrase
+
+
+def negative_captions(phrase: str, observation: str, side: str, zone: str, uncertain: bool, mode: str,
+                      k: int = 4) -> list[str]:
+    """The k hard negatives of one paired phrase for L_neg, in a fixed order: negation, other side, the
+    uncertainty counterpart (mode "own" only: the hedged form of a certain phrase, the certain form of a hedged
+    one), then other findings at the same place. Fewer than k only when the pool runs out."""
+    base = _HEDGE.sub("", phrase).strip() if uncertain else phrase
+    base = " ".join(base.split()) or phrase
+    neg = hard_negatives(base, observation, side, zone, others=k)
+    out = neg["negated"] + [pair_caption(s, uncertain, mode) for s in neg["side"]]
+    if mode == "own":
+        out.append(base if uncertain else neg["uncertain"][0])
+    return (out + neg["other_finding"])[:k]
+
+
+def accuracy_on_truth(crop_shards, report_shards, truth_dir: str | Path, uncertain: str = "drop") -> dict:
+    """Score pairing on the synthetic ground truth: a pair is right when the centre of the finding its phrase
+    describes lies inside the paired ROI (original pixels). Only the synthetic source has this truth."""
+    import pandas as pd
+
+    from .shards import Shard
+
+    findings = pd.read_csv(Path(truth_dir, "findings.csv"), dtype={"dicom_id": str, "study_id": str})
+    gt_phrases = pd.read_csv(Path(truth_dir, "phrases.csv"), dtype={"study_id": str}, keep_default_na=False)
+    box = {(r.dicom_id, r.finding_index): ((r.x0 + r.x1) / 2, (r.y0 + r.y1) / 2) for r in findings.itertuples()}
+    region = {(r.study_id, " ".join(r.sentence.split()), r.observation): int(r.region)
+              for r in gt_phrases.itertuples() if r.region != "" and int(r.region) >= 0}
+    counts = {"pairs": 0, "judged": 0, "right": 0, "lesion": 0, "zone": 0, "lung": 0}
+    for crop_path, report_path in zip(crop_shards, report_shards):
+        with Shard(crop_path) as c, Shard(report_path) as r:
+            report_row = {image_id: i for i, image_id in enumerate(r.image_ids)}
+            for i, image_id in enumerate(c.image_ids):
+                rois, text = c.ragged_row("rois", i), r.row(report_row[image_id])
+                ph = text["phrases"]
+                for pair in pair_rois(rois, ph, uncertain=uncertain):
+                    counts["pairs"] += 1
+                    counts[pair.rule] += 1
+                    key = (text["study_id"], " ".join(ph["phrase_sentence"][pair.phrase].split()),
+                           ph["phrase_observation"][pair.phrase])
+                    if key not in region or (image_id, region[key]) not in box:
+                        continue
+                    cx, cy = box[(image_id, region[key])]
+                    x0, y0, x1, y1 = rois["roi_box_original"][pair.roi]
+                    counts["judged"] += 1
+                    counts["right"] += bool(x0 <= cx <= x1 and y0 <= cy <= y1)
+    counts["accuracy"] = counts["right"] / max(counts["judged"], 1)
+    return counts

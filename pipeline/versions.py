@@ -9,5 +9,8 @@ STAGE_VERSIONS = {
     "train_segmenter": 1,
     "segment": 1,
     "crop": 1,
-    "fit_teacher": 1,
+    "fit_teacher": 2,
+    "embed_teacher": 1,
+    "train": 1,
+    "evaluate": 1,
 }

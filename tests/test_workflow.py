@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on tiny trees the tests make: lint, dry run, reruns, privacy."""
 
+import hashlib
 import json
 import re
 import sys
@@ -11,6 +12,7 @@ import yaml
 
 from conftest import MARKERS, ROOT, TINY, run_snakemake, write_chexpert_tree, write_mimic_tree
 from pipeline.dicom import DicomSpec, write_dicom
+from pipeline.io import sha256_file
 from pipeline.shards import Shard, check
 
 
@@ -85,12 +87,56 @@ def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     assert jobs(run_snakemake(tiny_run, "-n", "all").stdout) == {}
     n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
     rerun = lambda override: jobs(run_snakemake(tiny_run, "-n", "all", "--config", override).stdout)  # noqa: E731
+    runs = 2  # student and no_roi in the tiny config
+    downstream = {"embed_teacher": n_shards, "train_run": runs, "evaluate": 1, "visualize": 1, "all": 1}
     assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
-                                             "crop": n_shards, "fit_teacher": 1, "all": 1}
-    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "fit_teacher": 1, "all": 1}
-    assert rerun("teacher={steps: 4}") == {"fit_teacher": 1, "all": 1}
-    assert rerun("segment={epochs: 3}") == {"train_segmenter": 1, "segment": n_shards, "crop": n_shards, "all": 1}
-    assert rerun("crop={pad: 0.1}") == {"crop": n_shards, "all": 1}
+                                             "crop": n_shards, "fit_teacher": 1, "embed_concepts": 1, **downstream}
+    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "fit_teacher": 1,
+                                                        "embed_concepts": 1, **downstream}
+    assert rerun("teacher={steps: 4}") == {"fit_teacher": 1, "embed_concepts": 1, **downstream}
+    assert rerun("segment={epochs: 3}") == {"train_segmenter": 1, "segment": n_shards, "crop": n_shards,
+                                            **downstream}
+    assert rerun("crop={pad: 0.1}") == {"crop": n_shards, **downstream}
+    # one run's value retrains that run only; evaluation settings retrain nothing
+    assert rerun("evaluate={runs: {student: {}, no_roi: {beta: 0.5}}}") == {"train_run": 1, "evaluate": 1, "all": 1}
+    assert rerun("evaluate={bootstrap: 50}") == {"evaluate": 1, "all": 1}
+    assert rerun("train={lr: 0.001}") == {"train_run": runs, "evaluate": 1, "visualize": 1, "all": 1}
+
+
+def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
+    import open_clip
+
+    import pipeline.models  # noqa: F401
+
+    embed = sorted((tiny_run / "results/embed").glob("shard-*.h5"))
+    teacher_hash = sha256_file(tiny_run / "results/teacher/model.pt")
+    for path in embed:
+        assert check(path) == []
+        with Shard(path) as e, Shard(tiny_run / "results/crop" / path.name) as c:
+            assert e.image_ids == c.image_ids and e.attrs["teacher_sha256"] == teacher_hash
+            assert e.f["rois/roi_embedding"].shape[0] == c.f["rois/roi_image"].shape[0]
+            assert e.f["image_embedding"].dtype == np.float16
+    with Shard(tiny_run / "results/embed/concepts.h5") as c:
+        assert len(c.table("concepts")["prompt"]) == 146
+    for run in ("student", "no_roi"):
+        lines = [json.loads(x) for x in (tiny_run / f"results/train/{run}/metrics.jsonl").read_text().splitlines()]
+        assert [x["step"] for x in lines] == [0, 1, 2]
+        assert {"global_loss", "roi_loss", "neg_loss", "distill_loss", "total_loss"} <= set(lines[-1])
+        open_clip.create_model("medclip-tiny", pretrained=str(tiny_run / f"results/train/{run}/model.pt"))
+    summary = json.loads((tiny_run / "results/train/student/summary.json").read_text())
+    assert summary["teacher_sha256"] == teacher_hash and summary["pairing_on_truth"]["judged"] > 0
+    metrics = json.loads((tiny_run / "results/evaluate/metrics.json").read_text())
+    assert set(metrics["runs"]) == {"baseline", "student", "no_roi"}
+    for figures in metrics["runs"].values():
+        for key in ("i2r/R@1", "r2i/median_rank", "region/top1", "robust/negated"):
+            f = figures[key]
+            assert f["ci_low"] <= f["value"] <= f["ci_high"] or not np.isfinite(f["ci_low"])
+    for name, m in metrics["manifests"].items():
+        body = (tiny_run / "results/evaluate/manifests" / f"{name}.json").read_bytes()
+        assert hashlib.sha256(body).hexdigest() == m["sha256"]
+    assert "| student |" in (tiny_run / "results/evaluate/report.md").read_text()
+    assert (tiny_run / "results/evaluate/roc.png").stat().st_size > 0
+    assert list((tiny_run / "results/visualize").glob("grounding-*.png"))
 
 
 def test_tiny_run_fits_a_teacher_open_clip_loads(tiny_run):

@@ -58,3 +58,8 @@ def shard_files(stage):
         return expand(f"results/{stage}/shard-{{shard}}.h5", shard=shard_ids())
 
     return files
+
+
+def embed_config():
+    """embed_teacher depends on the teacher's architecture and weights file only, not on how it was fitted."""
+    return {"model": config["teacher"]["model"]}

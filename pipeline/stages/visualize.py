@@ -1,0 +1,70 @@
+"""visualize: phrase grounding pictures, the baseline beside the student, for the pinned grounding cases.
+
+Each picture: the normalized radiograph, the image's ROI boxes (thin), the ground-truth box of the finding (green,
+synthetic truth), and each model's heat map for the phrase (evaluate.heat_map), titled with the phrase and the
+model's pointing-game hit and IoU.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import models
+from ..io import atomic_path, usable_threads
+from .evaluate import Embedder, grounding_figures, heat_map, load_test_set
+
+log = logging.getLogger("pipeline.visualize")
+
+
+def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path,
+        truth_dir: str | Path | None, n: int = 6, threads: int = 1) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    torch.set_num_threads(usable_threads(threads))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = max(models.input_size(n) for n in model_names.values())
+    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, size=size)
+    cases = [p for p in test.pairs if p["gt_box"] is not None][:n] or test.pairs[:n]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    heats = {}
+    for name, weights in checkpoints.items():
+        emb = Embedder(weights, model_names[name], device)
+        roi = emb.images(test.roi_image)
+        for k, p in enumerate(cases):
+            rois = test.roi_of[p["image"]]
+            heats[name, k] = heat_map(roi[rois] @ emb.texts([p["text"]])[0], test.roi_box[rois],
+                                      test.images.shape[-1], emb.scale)
+    written = []
+    for k, p in enumerate(cases):
+        fig, axes = plt.subplots(1, len(checkpoints), figsize=(3.6 * len(checkpoints), 3.9), squeeze=False)
+        for ax, name in zip(axes[0], checkpoints):
+            ax.imshow(test.images[p["image"]], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(heats[name, k], cmap="jet", alpha=0.35, vmin=0, vmax=1)
+            for x0, y0, x1, y1 in test.roi_box[test.roi_of[p["image"]]]:
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.5, ec="white", alpha=0.6))
+            title = name
+            if p["gt_box"] is not None:
+                x0, y0, x1, y1 = p["gt_box"]
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec="lime"))
+                hit, iou, _ = grounding_figures(heats[name, k], p["gt_box"])
+                title += f": pointing {'hit' if hit else 'miss'}, IoU {iou:.2f}"
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+        fig.suptitle(f'"{p["text"]}"  ({test.image_id[p["image"]][:8]}...)', fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"grounding-{k:02d}.png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        written.append(path)
+    log.info("%d grounding pictures in %s", len(written), out_dir)
+    return written

@@ -1,0 +1,162 @@
+"""The student's pieces: short-context text encoding, the concept pool, negative captions, side-aware batches,
+distillation from precomputed teacher logits, and DistributedDataParallel on two CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import config, models
+from pipeline.concepts import concept_pool
+from pipeline.data import RegionData
+from pipeline.losses import distill_loss
+from pipeline.pairing import negative_captions, pair_caption
+from pipeline.trainer import CLIPTrainStep, RegionBatches, fit
+from pipeline.losses import RegionAwareLoss
+
+
+def test_short_token_rows_give_the_full_context_features():
+    torch.manual_seed(0)
+    model = models.create("medclip-tiny").eval()
+    texts = ["small left pleural effusion", "no pneumothorax", "possible right lower lobe opacity"]
+    full = models.tokenizer("medclip-tiny")(texts)
+    short = models.tokenize("medclip-tiny", texts)
+    assert short.shape[1] < full.shape[1] // 4
+    with torch.no_grad():
+        torch.testing.assert_close(models.encode_text(model, short), model.encode_text(full, normalize=True),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_concept_pool_mirrors_every_prompt():
+    pool = concept_pool()
+    assert len(pool) == 146 and len(set(pool.prompt)) == len(pool)
+    assert np.array_equal(pool.swap[pool.swap], np.arange(len(pool)))  # an involution
+    i = pool.prompt.index("pleural effusion in the left lower zone")
+    assert pool.prompt[pool.swap[i]] == "pleural effusion in the right lower zone"
+    assert "no pneumothorax in the right lung" in pool.prompt and pool.negated[pool.prompt.index(
+        "no pneumothorax in the right lung")]
+
+
+def test_negative_captions_keep_uncertainty_its_own_state():
+    assert negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own") == [
+        "no small left pleural effusion", "small right pleural effusion", "possible small left pleural effusion",
+        "atelectasis in the left lower zone"]
+    # a hedged phrase keeps its hedge, and the certain form becomes one of its negatives
+    assert pair_caption("right lower lobe opacity", True, "own") == "possible right lower lobe opacity"
+    assert negative_captions("right lower lobe opacity", "Lung Opacity", "right", "lower", True, "own")[:3] == [
+        "no right lower lobe opacity", "possible left lower lobe opacity", "right lower lobe opacity"]
+    # drop / positive: no uncertainty negatives
+    assert "possible small left pleural effusion" not in negative_captions(
+        "small left pleural effusion", "Pleural Effusion", "left", "lower", False, "drop")
+
+
+def test_distill_from_teacher_logits_equals_distill_from_embeddings():
+    g = torch.Generator().manual_seed(0)
+    unit = lambda *s: torch.nn.functional.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    s_roi, s_con, t_roi, t_con = unit(5, 8), unit(7, 8), unit(5, 6), unit(7, 6)
+    a = distill_loss(s_roi, s_con, torch.tensor(20.0), t_roi, t_con, 30.0)
+    b = distill_loss(s_roi, s_con, torch.tensor(20.0), teacher_logits=30.0 * t_roi @ t_con.T)
+    torch.testing.assert_close(a, b)
+
+
+def region_data(n: int = 6, size: int = 96) -> RegionData:
+    """Images whose left half is bright, each with one ROI on the image's right side (the patient's left)."""
+    pool = concept_pool()
+    rng = np.random.default_rng(0)
+    images = np.zeros((n, size, size), np.uint8)
+    images[:, :, size // 2 :] = 200
+    rois = rng.integers(0, 50, (n, size, size), dtype=np.uint8)
+    rois[:, :, : size // 4] = 250  # a marker on the ROI's left edge, to see the mirror
+    return RegionData(
+        [f"i{k}" for k in range(n)], images, [f"small left pleural effusion {k}" for k in range(n)],
+        np.arange(n), rois, ["small left pleural effusion"] * n,
+        [negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own")] * n,
+        ["left"] * n, ["lesion"] * n, rng.standard_normal((n, 8)).astype(np.float32), pool.prompt, pool.swap,
+        rng.standard_normal((len(pool), 8)).astype(np.float32), 10.0, "0" * 64)
+
+
+@pytest.fixture
+def train_cfg():
+    return {**config.load()["train"], "steps": 4, "batch_size": 4, "warmup_steps": 1, "checkpoint_every": 2,
+            "init": "scratch", "concepts_per_step": 0}
+
+
+def test_a_flipped_sample_says_left_where_its_left_lung_now_is(train_cfg):
+    data = region_data()
+    tok = models.tokenizer("medclip-tiny")
+    batches = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 1.0})  # every image flipped
+    b = batches(np.array([0, 1]), step=0)
+    # pixels mirrored: the bright half moved from the right to the left of the image, the ROI marker too
+    assert b["image"][0, 0, :, :10].mean() > b["image"][0, 0, :, -10:].mean()
+    assert b["roi"][0, 0, :, -10:].mean() > b["roi"][0, 0, :, :10].mean()
+    # the ROI of the patient's left lung now lies where a right lung lies, and its phrase says "right"
+    phrase = b["short"][0]
+    expect = tok(["small right pleural effusion"], context_length=32)[0, : len(phrase)]
+    assert torch.equal(phrase, expect)
+    assert torch.equal(b["report"][0], tok(["small right pleural effusion 0"])[0, : b["report"].shape[1]])
+    # the teacher's concept distribution is mirrored with it
+    unflipped = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 0.0})(np.array([0, 1]), step=0)
+    swap = torch.from_numpy(data.concept_swap)
+    torch.testing.assert_close(b["teacher_logits"], unflipped["teacher_logits"][:, swap])
+
+
+def test_region_step_gives_all_four_terms_and_grads_to_both_towers(train_cfg):
+    torch.manual_seed(0)
+    clip = models.create("medclip-tiny")
+    step = CLIPTrainStep(clip, RegionAwareLoss())
+    terms = step(RegionBatches(region_data(), "medclip-tiny", train_cfg)(np.arange(4), step=0))
+    assert all(terms[k].item() > 0 for k in ("global_loss", "roi_loss", "neg_loss", "distill_loss"))
+    terms["total_loss"].backward()
+    assert clip.visual.conv1.weight.grad.abs().sum() > 0 and clip.token_embedding.weight.grad.abs().sum() > 0
+
+
+def test_student_resumes_after_a_kill_with_the_same_weights(tmp_path, train_cfg):
+    batches = RegionBatches(region_data(), "medclip-tiny", train_cfg)
+    fit(batches, train_cfg, tmp_path / "straight")
+    assert fit(batches, train_cfg, tmp_path / "killed", stop_after=3) == {"stopped_at": 3}
+    fit(batches, train_cfg, tmp_path / "killed")
+    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    last = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 3 and last["neg_loss"] > 0 and last["distill_loss"] > 0
+
+
+DDP_SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_student import region_data
+from pipeline.trainer import RegionBatches, fit
+cfg = json.loads({cfg!r})
+print(json.dumps(fit(RegionBatches(region_data(8), "medclip-tiny", cfg), cfg, {out!r})))
+"""
+
+
+def test_torchrun_trains_with_distributed_data_parallel_on_two_cpu_processes(tmp_path, train_cfg):
+    cfg = {**train_cfg, "steps": 2, "batch_size": 8}
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT.format(tests=os.path.dirname(__file__), cfg=json.dumps(cfg), out=str(tmp_path)))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["world"] for r in results) == [2, 2]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [0, 1]  # one metrics line per step, written by rank 0 only
+    import open_clip
+
+    open_clip.create_model("medclip-tiny", pretrained=str(tmp_path / "model.pt"))
+
+
+def test_run_overrides_are_validated_like_the_train_section():
+    cfg = config.load()
+    assert config.run_config(cfg, "no_roi")["beta"] == 0.0 and config.run_config(cfg, "student")["beta"] == 1.0
+    with pytest.raises(config.ConfigError, match="evaluate.runs.x"):
+        config.load(overrides={"evaluate": {"runs": {"x": {"betta": 1.0}}}})
+    with pytest.raises(config.ConfigError, match="train.model == teacher.model"):
+        config.load(overrides={"train": {"model": "medclip-vit-b-16"}})

@@ -1,0 +1,60 @@
+def evaluated_models():
+    """run name -> weights: the global baseline (the teacher) and every run of evaluate.runs."""
+    return {"baseline": teacher_weights(), **{r: f"results/train/{r}/model.pt" for r in run_names()}}
+
+
+def evaluated_architectures():
+    return {"baseline": config["teacher"]["model"],
+            **{r: pipeline_config.run_config(config, r)["model"] for r in run_names()}}
+
+
+rule evaluate:
+    input:
+        normalized=shard_files("normalize"),
+        crops=shard_files("crop"),
+        reports=shard_files("reports"),
+        models=list(evaluated_models().values()),
+    output:
+        metrics="results/evaluate/metrics.json",
+        report=report("results/evaluate/report.md", category="Evaluation", labels={"figure": "tables"}),
+        roc=report("results/evaluate/roc.png", category="Evaluation", labels={"figure": "zero-shot ROC"}),
+        retrieval=report("results/evaluate/retrieval.png", category="Evaluation", labels={"figure": "retrieval"}),
+    log:
+        "logs/evaluate/evaluate.log",
+    benchmark:
+        "benchmarks/evaluate/evaluate.tsv"
+    conda:
+        ENV
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+    params:
+        cfg=stage_config("evaluate"),
+        models=evaluated_models(),
+        architectures=evaluated_architectures(),
+        truth=ground_truth(),
+        version=stage_version("evaluate"),
+    script:
+        "../scripts/evaluate.py"
+
+
+rule visualize:
+    input:
+        normalized=shard_files("normalize"),
+        crops=shard_files("crop"),
+        reports=shard_files("reports"),
+        baseline=teacher_weights(),
+        student="results/train/student/model.pt",
+    output:
+        report(directory("results/visualize"), patterns=["{name}.png"], category="Grounding"),
+    log:
+        "logs/visualize/visualize.log",
+    conda:
+        ENV
+    threads: 1
+    params:
+        architectures={"baseline": config["teacher"]["model"], "student": config["train"]["model"]},
+        truth=ground_truth(),
+        version=stage_version("evaluate"),
+    script:
+        "../scripts/visualize.py"
