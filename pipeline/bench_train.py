@@ -70,7 +70,7 @@ def bench_loading(results: str | Path = "results") -> dict:
                     jobs.append((png_dir / f"{image_id}.png", c.ragged_row("rois", i)["roi_box"]))
     t0 = time.perf_counter()
     for png, boxes in jobs:
-        img = np.asarray(Image.open(png).convert("L"))
+        img = np.array(Image.open(png).convert("L"))
         _resize(img[None], size)
         roi_views(np.repeat(img[None], len(boxes), 0), np.asarray(boxes, np.float64), size)
     t_png = time.perf_counter() - t0

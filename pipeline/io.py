@@ -56,3 +56,8 @@ def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO,
     for noisy in ("openjpeg", "pylibjpeg", "jpeg_ls", "matplotlib", "PIL"):  # per-tile / per-file chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger("pipeline")
+
+
+def files_sha256(paths) -> str:
+    """One SHA-256 over several files' SHA-256s, in order: what a training checkpoint was made from."""
+    return hashlib.sha256("".join(sha256_file(p) for p in paths).encode()).hexdigest()

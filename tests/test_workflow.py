@@ -33,7 +33,8 @@ def test_lint_is_clean():
 def test_dry_run_of_default_config(tmp_path):
     out = run_snakemake(tmp_path, "-n", configfile=None).stdout
     # per-shard jobs appear once the ingest checkpoint has run
-    assert jobs(out) == {"synthesize": 1, "ingest": 1, "fit_teacher": 1, "all": 1}
+    assert jobs(out) == {"synthesize": 1, "ingest": 1, "fit_teacher": 1, "embed_concepts": 1, "train_run": 4,
+                         "evaluate": 1, "visualize": 1, "all": 1}
     assert not (tmp_path / "results").exists()
 
 
@@ -87,7 +88,7 @@ def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     assert jobs(run_snakemake(tiny_run, "-n", "all").stdout) == {}
     n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
     rerun = lambda override: jobs(run_snakemake(tiny_run, "-n", "all", "--config", override).stdout)  # noqa: E731
-    runs = 2  # student and no_roi in the tiny config
+    runs = 4  # evaluate.runs of config.yaml (a --configfile merges into it, it cannot remove runs)
     downstream = {"embed_teacher": n_shards, "train_run": runs, "evaluate": 1, "visualize": 1, "all": 1}
     assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
                                              "crop": n_shards, "fit_teacher": 1, "embed_concepts": 1, **downstream}
@@ -126,7 +127,7 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
     summary = json.loads((tiny_run / "results/train/student/summary.json").read_text())
     assert summary["teacher_sha256"] == teacher_hash and summary["pairing_on_truth"]["judged"] > 0
     metrics = json.loads((tiny_run / "results/evaluate/metrics.json").read_text())
-    assert set(metrics["runs"]) == {"baseline", "student", "no_roi"}
+    assert set(metrics["runs"]) == {"baseline", "student", "no_roi", "no_neg", "no_distill"}
     for figures in metrics["runs"].values():
         for key in ("i2r/R@1", "r2i/median_rank", "region/top1", "robust/negated"):
             f = figures[key]

@@ -438,10 +438,15 @@ def plot(curves: dict, results: dict, out_dir: Path) -> None:
         for ax in list(axes.flat)[len(observations):]:
             ax.axis("off")
         fig.suptitle("Zero-shot ROC on the test split")
-        fig.tight_layout()
-        with atomic_path(out_dir / "roc.png") as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
+    else:  # a small test split may have no observation with two positives and two negatives
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no observation with >= 2 positives\nand >= 2 negatives in the test split", ha="center",
+                va="center")
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out_dir / "roc.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
     keys = ["i2r/R@1", "i2r/R@5", "i2r/R@10", "r2i/R@1", "r2i/R@5", "r2i/R@10", "phrase2roi/R@1", "phrase2roi/R@5"]
     fig, ax = plt.subplots(figsize=(9, 3.5))
     width = 0.8 / max(len(results), 1)

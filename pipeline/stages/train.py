@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .. import models
 from ..data import load_region_data
-from ..io import atomic_path
+from ..io import atomic_path, files_sha256
 from ..pairing import accuracy_on_truth
 from ..trainer import RegionBatches, fit
 
@@ -54,6 +54,9 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
         log.info("pairing on the synthetic truth (all splits): %d of %d pairs right (%.4f)", truth["right"],
                  truth["judged"], truth["accuracy"])
     init = spec["teacher"] if cfg["init"] == "teacher" else None
+    # a checkpoint resumes only under the same config and the same input shards and teacher
+    files = [f for k in ("normalized", "crops", "reports", "embed") for f in inputs[k]] + [inputs["concepts"]]
+    cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else []))}
     result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after)
     if "stopped_at" in result or not rank0:
         return result

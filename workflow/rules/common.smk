@@ -63,3 +63,29 @@ def shard_files(stage):
 def embed_config():
     """embed_teacher depends on the teacher's architecture and weights file only, not on how it was fitted."""
     return {"model": config["teacher"]["model"]}
+
+
+def run_names():
+    return list(config["evaluate"]["runs"])
+
+
+def run_config(wildcards):
+    """train's section with the run's overrides: changing one run's values retrains that run only."""
+    return pipeline_config.run_config(config, wildcards.run)
+
+
+def ground_truth():
+    """The synthetic source's truth, to score ROI <-> phrase pairing; real data has none."""
+    if config["data"]["source"] != "synthetic":
+        return ""
+    return f"{config['data']['synthetic']['out_dir']}/ground_truth"
+
+
+def evaluated_models():
+    """run name -> weights: the global baseline (the teacher) and every run of evaluate.runs."""
+    return {"baseline": teacher_weights(), **{r: f"results/train/{r}/model.pt" for r in run_names()}}
+
+
+def evaluated_architectures():
+    return {"baseline": config["teacher"]["model"],
+            **{r: pipeline_config.run_config(config, r)["model"] for r in run_names()}}

@@ -1,13 +1,3 @@
-def evaluated_models():
-    """run name -> weights: the global baseline (the teacher) and every run of evaluate.runs."""
-    return {"baseline": teacher_weights(), **{r: f"results/train/{r}/model.pt" for r in run_names()}}
-
-
-def evaluated_architectures():
-    return {"baseline": config["teacher"]["model"],
-            **{r: pipeline_config.run_config(config, r)["model"] for r in run_names()}}
-
-
 rule evaluate:
     input:
         normalized=shard_files("normalize"),

@@ -1,19 +1,3 @@
-def run_names():
-    return list(config["evaluate"]["runs"])
-
-
-def run_config(wildcards):
-    """train's section with the run's overrides: changing one run's values retrains that run only."""
-    return pipeline_config.run_config(config, wildcards.run)
-
-
-def ground_truth():
-    """The synthetic source's truth, to score ROI <-> phrase pairing; real data has none."""
-    if config["data"]["source"] != "synthetic":
-        return ""
-    return f"{config['data']['synthetic']['out_dir']}/ground_truth"
-
-
 rule train_run:
     input:
         normalized=shard_files("normalize"),
