@@ -52,6 +52,7 @@ def _load(cfg: dict, results: str | Path):
 def bench_loading(results: str | Path = "results") -> dict:
     from PIL import Image
 
+    from . import models  # noqa: F401  (imports torch and open_clip before the clock starts)
     from .data import _resize, roi_views
     from .shards import Shard
 

@@ -128,9 +128,13 @@ def load_region_data(normalize_shards, crop_shards, report_shards, embed_shards,
             keep = [i for i, image_id in enumerate(n.image_ids) if split[i] in splits and image_id in row]
             if not keep:
                 continue
-            images = _resize(as_uint8(n.f["image"][()][keep]), size)
+            raw = as_uint8(n.f["image"][()][keep])  # normalized size, for the ROI views
+            images = _resize(raw, size)
             fi, full = decode(r.f["findings_impression"][()]), decode(r.f["report"][()])
             roi_boxes, roi_emb = c.f["rois/roi_box"][()], e.f["rois/roi_embedding"][()]
+            roi_offsets = c.f["rois/offsets"][()]
+            all_rois = c.ragged_rows("rois", ["roi_kind", "roi_laterality", "roi_zone", "roi_area"])
+            all_phrases = r.ragged_rows("phrases")
             shard_rois, shard_image = [], []  # flat ROI indices of this shard's pairs, and their image rows
             for k, i in enumerate(keep):
                 image_id = n.image_ids[i]
@@ -142,8 +146,8 @@ def load_region_data(normalize_shards, crop_shards, report_shards, embed_shards,
                 out["image_id"].append(image_id)
                 out["images"].append(images[k])
                 out["reports"].append(text)
-                rois, ph = c.ragged_row("rois", i), r.ragged_row("phrases", j)
-                first_roi = int(c.f["rois/offsets"][i])
+                rois, ph = all_rois[i], all_phrases[j]
+                first_roi = int(roi_offsets[i])
                 for pair in pair_rois(rois, ph, uncertain=uncertain)[:max_pairs_per_image]:
                     p = pair.phrase
                     unc = bool(ph["phrase_uncertain"][p])
@@ -157,8 +161,7 @@ def load_region_data(normalize_shards, crop_shards, report_shards, embed_shards,
                     out["pair_laterality"].append(rois["roi_laterality"][pair.roi])
                     out["pair_rule"].append(pair.rule)
             if shard_rois:
-                full = as_uint8(n.f["image"][()][keep])
-                out["pair_roi"] += list(roi_views(full[shard_image], roi_boxes[shard_rois], size))
+                out["pair_roi"] += list(roi_views(raw[shard_image], roi_boxes[shard_rois], size))
                 out["teacher_roi"] += list(roi_emb[shard_rois].astype(np.float32))
     s = size
     return RegionData(

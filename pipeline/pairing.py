@@ -124,29 +124,39 @@ def negative_captions(phrase: str, observation: str, side: str, zone: str, uncer
     return (out + neg["other_finding"])[:k]
 
 
+def read_truth(truth_dir: str | Path) -> tuple[dict, dict]:
+    """The synthetic ground truth: {(dicom_id, finding_index): (x0, y0, x1, y1) original pixels} and
+    {(study_id, sentence, observation): finding_index} for the phrases that describe a drawn finding."""
+    import pandas as pd
+
+    findings = pd.read_csv(Path(truth_dir, "findings.csv"), dtype={"dicom_id": str, "study_id": str})
+    phrases = pd.read_csv(Path(truth_dir, "phrases.csv"), dtype={"study_id": str}, keep_default_na=False)
+    box = {(r.dicom_id, r.finding_index): (r.x0, r.y0, r.x1, r.y1) for r in findings.itertuples()}
+    region = {(r.study_id, " ".join(r.sentence.split()), r.observation): int(r.region)
+              for r in phrases.itertuples() if r.region != "" and int(r.region) >= 0}
+    return box, region
+
+
 def accuracy_on_truth(crop_shards, report_shards, truth_dir: str | Path, uncertain: str = "drop") -> dict:
     """Score pairing on the synthetic ground truth: a pair is right when the centre of the finding its phrase
     describes lies inside the paired ROI (original pixels). Only the synthetic source has this truth."""
-    import pandas as pd
+    from .shards import Shard, decode
 
-    from .shards import Shard
-
-    findings = pd.read_csv(Path(truth_dir, "findings.csv"), dtype={"dicom_id": str, "study_id": str})
-    gt_phrases = pd.read_csv(Path(truth_dir, "phrases.csv"), dtype={"study_id": str}, keep_default_na=False)
-    box = {(r.dicom_id, r.finding_index): ((r.x0 + r.x1) / 2, (r.y0 + r.y1) / 2) for r in findings.itertuples()}
-    region = {(r.study_id, " ".join(r.sentence.split()), r.observation): int(r.region)
-              for r in gt_phrases.itertuples() if r.region != "" and int(r.region) >= 0}
+    corners, region = read_truth(truth_dir)
+    box = {k: ((x0 + x1) / 2, (y0 + y1) / 2) for k, (x0, y0, x1, y1) in corners.items()}
     counts = {"pairs": 0, "judged": 0, "right": 0, "lesion": 0, "zone": 0, "lung": 0}
     for crop_path, report_path in zip(crop_shards, report_shards):
         with Shard(crop_path) as c, Shard(report_path) as r:
             report_row = {image_id: i for i, image_id in enumerate(r.image_ids)}
+            studies = decode(r.f["study_id"][()])
+            all_rois = c.ragged_rows("rois", ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box_original"])
+            all_phrases = r.ragged_rows("phrases")
             for i, image_id in enumerate(c.image_ids):
-                rois, text = c.ragged_row("rois", i), r.row(report_row[image_id])
-                ph = text["phrases"]
+                rois, ph, study = all_rois[i], all_phrases[report_row[image_id]], studies[report_row[image_id]]
                 for pair in pair_rois(rois, ph, uncertain=uncertain):
                     counts["pairs"] += 1
                     counts[pair.rule] += 1
-                    key = (text["study_id"], " ".join(ph["phrase_sentence"][pair.phrase].split()),
+                    key = (study, " ".join(ph["phrase_sentence"][pair.phrase].split()),
                            ph["phrase_observation"][pair.phrase])
                     if key not in region or (image_id, region[key]) not in box:
                         continue

@@ -113,7 +113,9 @@ class RegionBatches:
         logits = data.teacher_scale * data.teacher_roi @ data.teacher_concepts.T  # (M, T)
         self.teacher_logits = torch.from_numpy(logits.astype(np.float32))
         self.concept_swap = torch.from_numpy(data.concept_swap)
-        self.pairs_of = [np.flatnonzero(data.pair_image == i) for i in range(len(data))]
+        # pairs are stored image by image: image i owns pairs bounds[i]:bounds[i + 1]
+        bounds = np.searchsorted(data.pair_image, np.arange(len(data) + 1))
+        self.pairs_of = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     @staticmethod
     def _tokenize(tok, texts: dict, flat_neg: list[str], k: int) -> dict[str, torch.Tensor]:

@@ -27,14 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from .. import models
 from ..data import report_text, roi_views
 from ..io import atomic_path, usable_threads
 from ..labels import OBSERVATIONS
-from ..pairing import CANONICAL, caption, pair_rois, swap_sides
+from ..pairing import CANONICAL, caption, pair_rois, read_truth, swap_sides
 from ..shards import Shard, decode
 from .normalize import as_uint8, to_normalized
 
@@ -43,6 +42,7 @@ FIVE = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusi
 POSITIVE = ["{}", "{} is present", "findings consistent with {}"]
 NEGATIVE = ["no {}", "no evidence of {}", "{} is absent"]
 PREFERENCES = ("side", "negated", "uncertain", "other_finding")
+ROI_KEYS = ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box"]  # all but the crops
 
 
 @dataclass
@@ -59,21 +59,10 @@ class TestSet:
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box
 
 
-def _truth_boxes(truth_dir: str | Path | None) -> tuple[dict, dict]:
-    if not truth_dir:
-        return {}, {}
-    findings = pd.read_csv(Path(truth_dir, "findings.csv"), dtype={"dicom_id": str, "study_id": str})
-    phrases = pd.read_csv(Path(truth_dir, "phrases.csv"), dtype={"study_id": str}, keep_default_na=False)
-    box = {(r.dicom_id, r.finding_index): (r.x0, r.y0, r.x1, r.y1) for r in findings.itertuples()}
-    region = {(r.study_id, " ".join(r.sentence.split()), r.observation): int(r.region)
-              for r in phrases.itertuples() if r.region != "" and int(r.region) >= 0}
-    return box, region
-
-
 def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, split: str = "test",
                   size: int = 96) -> TestSet:
     """The test images with their ROIs (as data.roi_views at the model's input `size`) and ROI <-> phrase pairs."""
-    box, region = _truth_boxes(truth_dir)
+    box, region = read_truth(truth_dir) if truth_dir else ({}, {})
     out = {k: [] for k in ("image_id", "patient_id", "study_id", "images", "labels", "reports", "roi_image",
                            "roi_of", "roi_box", "pairs")}
     n_rois = 0
@@ -86,14 +75,15 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
             if not keep:
                 continue
             images, transforms = as_uint8(n.f["image"][()][keep]), n.f["transform"][()][keep]
+            all_rois, all_phrases = c.ragged_rows("rois", ROI_KEYS), r.ragged_rows("phrases")
+            studies = decode(r.f["study_id"][()])
             for k, i in enumerate(keep):
                 image_id, j = n.image_ids[i], row[n.image_ids[i]]
                 text = report_text(fi[j], full[j])
                 if not text:
                     continue
                 index = len(out["image_id"])
-                rois, ph = c.ragged_row("rois", i), r.ragged_row("phrases", j)
-                study = decode(r.f["study_id"][j])
+                rois, ph, study = all_rois[i], all_phrases[j], studies[j]
                 out["image_id"].append(image_id)
                 out["patient_id"].append(patients[i])
                 out["study_id"].append(study)
