@@ -7,6 +7,8 @@
     montage DATA_DIR -o PNG         grid of synthetic radiographs with lung / lesion outlines and impressions
     parse-reports CSV -o DIR        reports (study_id, report) -> phrases.csv and labels.csv
     train --spec SPEC               one training run (what the rule, or torchrun in each process, starts)
+    zeroshot --checkpoint CKPT IMAGE          the 14 observation probabilities of one DICOM / PNG
+    ground --checkpoint CKPT IMAGE "PHRASE"   the phrase's heat map over that image's ROIs (-o PNG)
     bench normalize|synthesize|parse-reports|segment|pairing|train   figures on this machine
 """
 
@@ -52,6 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--spec", required=True)
     s.add_argument("--threads", type=int, default=1)
     s.add_argument("--log", default=None, help="log file (rank 0 appends to it)")
+
+    for name, what in (("zeroshot", "the 14 observation probabilities of one radiograph"),
+                       ("ground", "where a phrase is on one radiograph: heat map over its ROIs")):
+        s = sub.add_parser(name, help=what + " (normalize, segment and crop run on the file with the config)")
+        s.add_argument("--checkpoint", required=True, help="model.pt of a run or the teacher, or a checkpoints/last.pt")
+        s.add_argument("image", help="a DICOM, PNG or JPEG file")
+        if name == "ground":
+            s.add_argument("phrase", help='e.g. "small left pleural effusion"')
+            s.add_argument("-o", "--out", default="ground.png")
+        s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
+        s.add_argument("--model", default=None, help="architecture (default: the checkpoint's, else train.model)")
+        s.add_argument("--segmenter", default=None,
+                       help="U-Net weights (default: segment.weights, else results/segmenter/unet.pt)")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train"])
@@ -106,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(args.log if os.environ.get("RANK", "0") == "0" else None, append=True)
         train.run(args.spec, args.threads)
+    elif args.command in ("zeroshot", "ground"):
+        from . import predict
+
+        return predict.main(args.command, args.checkpoint, args.image, getattr(args, "phrase", None),
+                            getattr(args, "out", None), args.config, args.model, args.segmenter)
     elif args.command == "bench":
         from . import bench
 

@@ -166,9 +166,11 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
               f"training memory {res['train_mem_ratio']:.2f}x (target <= 0.6)"
               + (f", CUDA peak {res['cuda_ratio']:.2f}x" if "cuda_ratio" in res else ""))
         ld = res["loading"]
-        print(f"loading {ld['samples']} samples (image + paired ROIs at model size): shards "
-              f"{ld['shards_samples_s']:.0f}/s, PNG decode + crop {ld['png_samples_s']:.0f}/s: {ld['ratio']:.2f}x "
-              f"(target >= 3)")
+        print(f"loading {ld['samples']} samples (image + its paired ROI views at model size):\n"
+              f"  pixels: model_inputs shards {ld['shards_samples_s']:.0f}/s, PNG decode + resize "
+              f"{ld['png_samples_s']:.0f}/s: {ld['ratio']:.2f}x (target >= 3)\n"
+              f"  whole loader (pairing, captions, teacher embeddings too): {ld['loader_samples_s']:.0f}/s, with "
+              f"PNG pixels {ld['png_loader_samples_s']:.0f}/s: {ld['loader_ratio']:.2f}x")
         return res
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)

@@ -24,14 +24,16 @@ import numpy as np
 from . import config
 
 
-def _inputs(results: str | Path) -> dict:
+def _inputs(results: str | Path, size: int) -> dict:
     results = Path(results)
     names = [p.name for p in sorted((results / "embed").glob("shard-*.h5"))]
-    if not names or not (results / "embed" / "concepts.h5").exists():
-        raise SystemExit(f"no embed shards under {results}: run `snakemake --cores 8 train` first")
-    return {"normalized": [results / "normalize" / n for n in names], "crops": [results / "crop" / n for n in names],
-            "reports": [results / "reports" / n for n in names], "embed": [results / "embed" / n for n in names],
-            "concepts": results / "embed" / "concepts.h5"}
+    inputs = [results / "inputs" / f"{size}px" / n for n in names]
+    if not names or not (results / "embed" / "concepts.h5").exists() or not all(p.exists() for p in inputs):
+        raise SystemExit(f"no embed or {size} px model_inputs shards under {results}: run `snakemake --cores 8 train` "
+                         "first")
+    return {"inputs": inputs, "normalized": [results / "normalize" / n for n in names],
+            "crops": [results / "crop" / n for n in names], "reports": [results / "reports" / n for n in names],
+            "embed": [results / "embed" / n for n in names], "concepts": results / "embed" / "concepts.h5"}
 
 
 def _rss_mb() -> float:
@@ -43,40 +45,55 @@ def _load(cfg: dict, results: str | Path):
     from . import models
     from .data import load_region_data
 
-    i = _inputs(results)
-    return load_region_data(i["normalized"], i["crops"], i["reports"], i["embed"], i["concepts"], {"train"},
-                            models.input_size(cfg["model"]), cfg["uncertain"], cfg["negatives"],
+    size = models.input_size(cfg["model"])
+    return load_region_data(_inputs(results, size), {"train"}, size, cfg["uncertain"], cfg["negatives"],
                             cfg["max_pairs_per_image"])
 
 
-def bench_loading(results: str | Path = "results") -> dict:
+def bench_loading(results: str | Path = "results", repeats: int = 5) -> dict:
+    """Samples/s of the student's images and ROI views (a) read from the model_inputs shards and (b) decoded from
+    the normalize PNGs with the same resize and the same views; and of the whole loader (pairing, captions and
+    teacher embeddings included) with its images from (a) or from (b)."""
     from PIL import Image
 
     from . import models  # noqa: F401  (imports torch and open_clip before the clock starts)
-    from .data import _resize, roi_views
+    from .data import resize, roi_views
     from .shards import Shard
 
     cfg = config.load()
-    t0 = time.perf_counter()
     data = _load(cfg["train"], results)
-    t_shards = time.perf_counter() - t0
-    size = data.images.shape[-1]
-    # the same images and ROI boxes, from the PNGs (boxes read before the clock starts)
-    wanted, jobs = set(data.image_id), []
-    for crop in _inputs(results)["crops"]:
-        with Shard(crop) as c:
-            png_dir = Path(results) / "normalize" / "png" / crop.stem
-            for i, image_id in enumerate(c.image_ids):
-                if image_id in wanted:
-                    jobs.append((png_dir / f"{image_id}.png", c.ragged_row("rois", i)["roi_box"]))
-    t0 = time.perf_counter()
-    for png, boxes in jobs:
-        img = np.array(Image.open(png).convert("L"))
-        _resize(img[None], size)
-        roi_views(np.repeat(img[None], len(boxes), 0), np.asarray(boxes, np.float64), size)
-    t_png = time.perf_counter() - t0
-    return {"samples": len(data), "shards_samples_s": len(data) / t_shards, "png_samples_s": len(jobs) / t_png,
-            "ratio": (len(data) / t_shards) / (len(jobs) / t_png)}
+    size, n = data.images.shape[-1], len(data)
+    pngs = {p.stem: p for p in (Path(results) / "normalize" / "png").rglob("*.png")}
+    files = [pngs[image_id] for image_id in data.image_id]
+    shards = _inputs(results, size)["inputs"]
+    wanted = set(data.image_id)
+
+    def loader():
+        d = _load(cfg["train"], results)
+        roi_views(d.images[d.pair_image], d.pair_box, size)
+
+    def pixels_from_shards():
+        images = []
+        for path in shards:
+            with Shard(path) as m:
+                rows = [i for i, image_id in enumerate(m.image_ids) if image_id in wanted]
+                images.append(m.f["image"][()][rows])
+        roi_views(np.concatenate(images)[data.pair_image], data.pair_box, size)
+
+    def pixels_from_pngs():  # decoding is per file; the resize and the views are batched as for the shards
+        images = resize(np.stack([np.array(Image.open(p).convert("L")) for p in files]), size)
+        roi_views(images[data.pair_image], data.pair_box, size)
+
+    best = {}
+    for _ in range(repeats):  # interleaved; the best of each (timeit's rule: the rest is other processes' noise)
+        for name, fn in (("loader", loader), ("shards", pixels_from_shards), ("png", pixels_from_pngs)):
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best.get(name, np.inf), time.perf_counter() - t0)
+    png_loader = best["loader"] - best["shards"] + best["png"]
+    return {"samples": n, "shards_samples_s": n / best["shards"], "png_samples_s": n / best["png"],
+            "ratio": best["png"] / best["shards"], "loader_samples_s": n / best["loader"],
+            "png_loader_samples_s": n / png_loader, "loader_ratio": png_loader / best["loader"]}
 
 
 def child(mode: str, steps: int, teacher_model: str, results: str | Path = "results") -> dict:

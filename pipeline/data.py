@@ -1,9 +1,11 @@
 """Training data from the cached shards: stages are joined by image_id, never by row number.
 
-`load_pairs` (the teacher: images and reports) and `load_region_data` (the student: images, reports, ROI crops
+`load_pairs` (the teacher: images and reports) and `load_region_data` (the student: images, reports, ROI boxes
 paired with finding phrases, their hard negatives, the teacher's ROI and concept embeddings) read the shards of the
-chosen splits into memory once, images resized to the model's input size and kept as uint8 (1 byte a pixel: about
-5 GB for MIMIC-CXR's 377k images at 96 px, 19 GB at 224 px). Nothing is decoded from PNG and no teacher is run.
+chosen splits into memory once, images at the model's input size as uint8 (1 byte a pixel: about 3.5 GB for
+MIMIC-CXR's 377k images at 96 px, 19 GB at 224 px). The student's images come from the model_inputs shards, already
+at its size and uncompressed; its ROI views are made per batch from them. Nothing is decoded from PNG and no
+teacher is run.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class RegionData:
     images: np.ndarray  # (N, s, s) uint8 at the model's input size
     reports: list[str]
     pair_image: np.ndarray  # (M,) index into images
-    pair_roi: np.ndarray  # (M, s, s) uint8 ROI views (roi_views) at the model's input size
+    pair_box: np.ndarray  # (M, 4) float32 ROI boxes in the pixels of `images` (roi_views makes the views)
     pair_text: list[str]  # the caption the ROI is pulled towards
     pair_negatives: list[list[str]]  # (M, <= K) hard negative captions
     pair_laterality: list[str]
@@ -78,7 +80,7 @@ class RegionData:
         return len(self.image_id)
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize(images: np.ndarray, size: int) -> np.ndarray:
     """uint8 (N, H, W) -> uint8 (N, size, size), antialiased (the same resize as models.to_model_input)."""
     import torch
     import torch.nn.functional as F
@@ -96,10 +98,10 @@ def roi_views(images: np.ndarray, boxes: np.ndarray, size: int, dim: float = 0.2
     is nearly a mirrored right one); kept in place, the heart, the mediastinum and the box position say which
     side it is, so "left" and "right" become learnable. images: (M, S, S) uint8, one per ROI; boxes (M, 4) in
     those images' pixels."""
-    out = _resize(np.ascontiguousarray(images), size).astype(np.float32)
+    out = resize(np.ascontiguousarray(images), size).astype(np.float32)
     if len(out) == 0:
         return out.astype(np.uint8)
-    b = np.asarray(boxes, np.float64) * (size / images.shape[-1])
+    b = np.asarray(boxes, np.float64).reshape(-1, 4) * (size / images.shape[-1])
     grid = np.arange(size) + 0.5
     inside_x = (grid[None, :] >= b[:, 0:1]) & (grid[None, :] <= b[:, 2:3])  # (M, size)
     inside_y = (grid[None, :] >= b[:, 1:2]) & (grid[None, :] <= b[:, 3:4])
@@ -107,44 +109,52 @@ def roi_views(images: np.ndarray, boxes: np.ndarray, size: int, dim: float = 0.2
     return np.where(inside, out, out * dim).round().astype(np.uint8)
 
 
-def load_region_data(normalize_shards, crop_shards, report_shards, embed_shards, concepts_file, splits: set[str],
-                     size: int, uncertain: str = "own", negatives: int = 4, max_pairs_per_image: int = 4
-                     ) -> RegionData:
-    """The student's training data from the four stages' shards of one shard id each, joined by image_id."""
+PHRASE_KEYS = ["phrase", "phrase_observation", "phrase_negated", "phrase_uncertain", "phrase_laterality", "phrase_zone"]
+
+
+def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str = "own", negatives: int = 4,
+                     max_pairs_per_image: int = 4) -> RegionData:
+    """The student's training data, joined by image_id from one shard id each of: `inputs` (model_inputs, the
+    images at `size`), `normalized` (the split), `crops`, `reports` and `embed`; plus the `concepts` file."""
     from .pairing import negative_captions, pair_caption, pair_rois
 
-    with Shard(concepts_file) as c:
+    with Shard(shards["concepts"]) as c:
         table, attrs = c.table("concepts"), c.attrs
-    out: dict[str, list] = {k: [] for k in ("image_id", "images", "reports", "pair_image", "pair_roi", "pair_text",
+    out: dict[str, list] = {k: [] for k in ("image_id", "images", "reports", "pair_image", "pair_box", "pair_text",
                                             "pair_negatives", "pair_laterality", "pair_rule", "teacher_roi")}
-    for paths in zip(normalize_shards, crop_shards, report_shards, embed_shards):
-        with Shard(paths[0]) as n, Shard(paths[1]) as c, Shard(paths[2]) as r, Shard(paths[3]) as e:
+    keys = ("inputs", "normalized", "crops", "reports", "embed")
+    for paths in zip(*(shards[k] for k in keys)):
+        with Shard(paths[0]) as m, Shard(paths[1]) as n, Shard(paths[2]) as c, Shard(paths[3]) as r, \
+                Shard(paths[4]) as e:
             if e.attrs["teacher_sha256"] != attrs["teacher_sha256"]:
-                raise ValueError(f"{paths[3]} was embedded by another teacher than {concepts_file}")
-            if not (n.image_ids == c.image_ids == e.image_ids):
+                raise ValueError(f"{paths[4]} was embedded by another teacher than {shards['concepts']}")
+            ids = n.image_ids
+            if not (ids == m.image_ids == c.image_ids == e.image_ids):
                 raise ValueError(f"shards {', '.join(map(str, paths))} hold different images")
+            m_attrs = m.attrs
+            if int(m_attrs["size"]) != size:
+                raise ValueError(f"{paths[0]} holds {m_attrs['size']} px images, the model takes {size} px")
+            scale = float(m_attrs["scale"])
             row = {image_id: i for i, image_id in enumerate(r.image_ids)}
             split = decode(n.f["split"][()])
-            keep = [i for i, image_id in enumerate(n.image_ids) if split[i] in splits and image_id in row]
+            keep = [i for i, image_id in enumerate(ids) if split[i] in splits and image_id in row]
             if not keep:
                 continue
-            raw = as_uint8(n.f["image"][()][keep])  # normalized size, for the ROI views
-            images = _resize(raw, size)
+            images = m.f["image"][()]
             fi, full = decode(r.f["findings_impression"][()]), decode(r.f["report"][()])
             roi_boxes, roi_emb = c.f["rois/roi_box"][()], e.f["rois/roi_embedding"][()]
             roi_offsets = c.f["rois/offsets"][()]
             all_rois = c.ragged_rows("rois", ["roi_kind", "roi_laterality", "roi_zone", "roi_area"])
-            all_phrases = r.ragged_rows("phrases")
-            shard_rois, shard_image = [], []  # flat ROI indices of this shard's pairs, and their image rows
-            for k, i in enumerate(keep):
-                image_id = n.image_ids[i]
-                j = row[image_id]
+            all_phrases = r.ragged_rows("phrases", PHRASE_KEYS)
+            shard_rois = []  # flat ROI indices of this shard's pairs
+            for i in keep:
+                j = row[ids[i]]
                 text = report_text(fi[j], full[j])
                 if not text:
                     continue
                 index = len(out["image_id"])
-                out["image_id"].append(image_id)
-                out["images"].append(images[k])
+                out["image_id"].append(ids[i])
+                out["images"].append(images[i])
                 out["reports"].append(text)
                 rois, ph = all_rois[i], all_phrases[j]
                 first_roi = int(roi_offsets[i])
@@ -153,7 +163,6 @@ def load_region_data(normalize_shards, crop_shards, report_shards, embed_shards,
                     unc = bool(ph["phrase_uncertain"][p])
                     obs, side, zone = ph["phrase_observation"][p], ph["phrase_laterality"][p], ph["phrase_zone"][p]
                     shard_rois.append(first_roi + pair.roi)
-                    shard_image.append(k)
                     out["pair_image"].append(index)
                     out["pair_text"].append(pair_caption(ph["phrase"][p], unc, uncertain))
                     out["pair_negatives"].append(negative_captions(ph["phrase"][p], obs, side, zone, unc, uncertain,
@@ -161,13 +170,12 @@ def load_region_data(normalize_shards, crop_shards, report_shards, embed_shards,
                     out["pair_laterality"].append(rois["roi_laterality"][pair.roi])
                     out["pair_rule"].append(pair.rule)
             if shard_rois:
-                out["pair_roi"] += list(roi_views(raw[shard_image], roi_boxes[shard_rois], size))
+                out["pair_box"] += list(roi_boxes[shard_rois] * scale)
                 out["teacher_roi"] += list(roi_emb[shard_rois].astype(np.float32))
     s = size
     return RegionData(
         out["image_id"], np.stack(out["images"]) if out["images"] else np.zeros((0, s, s), np.uint8), out["reports"],
-        np.array(out["pair_image"], dtype=np.int64),
-        np.stack(out["pair_roi"]) if out["pair_roi"] else np.zeros((0, s, s), np.uint8),
+        np.array(out["pair_image"], dtype=np.int64), np.array(out["pair_box"], np.float32).reshape(-1, 4),
         out["pair_text"], out["pair_negatives"], out["pair_laterality"], out["pair_rule"],
         np.stack(out["teacher_roi"]) if out["teacher_roi"] else np.zeros((0, table["embedding"].shape[1]), np.float32),
         table["prompt"], np.asarray(table["swap"], dtype=np.int64), table["embedding"].astype(np.float32),

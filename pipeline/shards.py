@@ -94,21 +94,23 @@ class ShardWriter:
         return False
 
     @staticmethod
-    def _create(group: h5py.Group, name: str, data: Any, chunk_rows: int | None = None) -> h5py.Dataset:
+    def _create(group: h5py.Group, name: str, data: Any, chunk_rows: int | None = None, compress: bool = True
+                ) -> h5py.Dataset:
         arr = _as_array(data)
         kwargs: dict[str, Any] = {"track_times": False}
-        if arr.dtype.kind in "ui" and arr.ndim >= 3 and arr.shape[0] > 0:
+        if compress and arr.dtype.kind in "ui" and arr.ndim >= 3 and arr.shape[0] > 0:
             # images: gzip level 4, one image per chunk, readable by any HDF5 tool
             kwargs.update(compression="gzip", compression_opts=4, shuffle=False,
                           chunks=(chunk_rows or 1, *arr.shape[1:]))
         return group.create_dataset(name, data=arr, **kwargs)
 
-    def rows(self, name: str, data: Any) -> None:
-        """A per-row dataset: its first axis must be the shard's row count."""
+    def rows(self, name: str, data: Any, compress: bool = True) -> None:
+        """A per-row dataset: its first axis must be the shard's row count. Images are gzip-compressed unless
+        `compress` is False (arrays read whole at training time, where inflating would cost more than the disk)."""
         arr = _as_array(data)
         if len(arr) != self.n:
             raise ValueError(f"{name}: {len(arr)} rows, shard has {self.n}")
-        self._create(self.f, name, arr)
+        self._create(self.f, name, arr, compress=compress)
 
     def ragged(self, name: str, offsets: np.ndarray, **flat: Any) -> None:
         """A CSR group: `offsets` [N+1] int64 and flat datasets of offsets[-1] rows each."""

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from . import models
 from .config import config_sha256
-from .data import ImageReportPairs, RegionData
+from .data import ImageReportPairs, RegionData, resize, roi_views
 from .io import atomic_path, usable_threads
 from .losses import RegionAwareLoss
 from .pairing import swap_sides
@@ -79,9 +79,7 @@ class GlobalBatches:
     """Image <-> report batches (the teacher, the global baseline)."""
 
     def __init__(self, pairs: ImageReportPairs, model_name: str, size: int):
-        from .data import _resize
-
-        self.images = _resize(pairs.images, size)
+        self.images = resize(pairs.images, size)
         self.reports = models.tokenizer(model_name)(pairs.reports)
 
     def __len__(self) -> int:
@@ -149,7 +147,8 @@ class RegionBatches:
         negative = torch.stack([self.tokens[bool(f)]["negative"][p] for p, f in zip(pairs, pair_flip)])
         r, k, _ = negative.shape
         short = _trim(torch.cat([phrase, negative.reshape(r * k, -1), self.concepts[subset]]))
-        batch.update(roi=_pixels(d.pair_roi[pairs], pair_flip), short=short, n_pairs=torch.tensor(r),
+        views = roi_views(d.images[d.pair_image[pairs]], d.pair_box[pairs], d.images.shape[-1])
+        batch.update(roi=_pixels(views, pair_flip), short=short, n_pairs=torch.tensor(r),
                      negative_mask=self.negative_mask[pairs], teacher_logits=teacher)
         return batch
 

@@ -11,6 +11,7 @@ STAGE_VERSIONS = {
     "crop": 1,
     "fit_teacher": 2,
     "embed_teacher": 1,
+    "model_inputs": 1,
     "train": 1,
     "evaluate": 1,
 }

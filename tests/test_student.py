@@ -64,16 +64,15 @@ def test_distill_from_teacher_logits_equals_distill_from_embeddings():
 
 
 def region_data(n: int = 6, size: int = 96) -> RegionData:
-    """Images whose left half is bright, each with one ROI on the image's right side (the patient's left)."""
+    """Images whose right half is bright, each with one ROI box on the image's right side (the patient's left)."""
     pool = concept_pool()
     rng = np.random.default_rng(0)
     images = np.zeros((n, size, size), np.uint8)
     images[:, :, size // 2 :] = 200
-    rois = rng.integers(0, 50, (n, size, size), dtype=np.uint8)
-    rois[:, :, : size // 4] = 250  # a marker on the ROI's left edge, to see the mirror
+    boxes = np.tile(np.array([size / 2, 0, size, size], np.float32), (n, 1))
     return RegionData(
         [f"i{k}" for k in range(n)], images, [f"small left pleural effusion {k}" for k in range(n)],
-        np.arange(n), rois, ["small left pleural effusion"] * n,
+        np.arange(n), boxes, ["small left pleural effusion"] * n,
         [negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own")] * n,
         ["left"] * n, ["lesion"] * n, rng.standard_normal((n, 8)).astype(np.float32), pool.prompt, pool.swap,
         rng.standard_normal((len(pool), 8)).astype(np.float32), 10.0, "0" * 64)
@@ -90,16 +89,18 @@ def test_a_flipped_sample_says_left_where_its_left_lung_now_is(train_cfg):
     tok = models.tokenizer("medclip-tiny")
     batches = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 1.0})  # every image flipped
     b = batches(np.array([0, 1]), step=0)
-    # pixels mirrored: the bright half moved from the right to the left of the image, the ROI marker too
+    # pixels mirrored: the bright half moved from the right to the left of the image, the ROI (its view is the
+    # image with the outside of the box dimmed) too
     assert b["image"][0, 0, :, :10].mean() > b["image"][0, 0, :, -10:].mean()
-    assert b["roi"][0, 0, :, -10:].mean() > b["roi"][0, 0, :, :10].mean()
+    assert b["roi"][0, 0, :, :10].mean() > b["roi"][0, 0, :, -10:].mean()
+    unflipped = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 0.0})(np.array([0, 1]), step=0)
+    torch.testing.assert_close(b["roi"], unflipped["roi"].flip(-1))
     # the ROI of the patient's left lung now lies where a right lung lies, and its phrase says "right"
     phrase = b["short"][0]
     expect = tok(["small right pleural effusion"], context_length=32)[0, : len(phrase)]
     assert torch.equal(phrase, expect)
     assert torch.equal(b["report"][0], tok(["small right pleural effusion 0"])[0, : b["report"].shape[1]])
     # the teacher's concept distribution is mirrored with it
-    unflipped = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 0.0})(np.array([0, 1]), step=0)
     swap = torch.from_numpy(data.concept_swap)
     torch.testing.assert_close(b["teacher_logits"], unflipped["teacher_logits"][:, swap])
 
@@ -160,3 +161,24 @@ def test_run_overrides_are_validated_like_the_train_section():
         config.load(overrides={"evaluate": {"runs": {"x": {"betta": 1.0}}}})
     with pytest.raises(config.ConfigError, match="train.model == teacher.model"):
         config.load(overrides={"train": {"model": "medclip-vit-b-16"}})
+
+
+def test_model_inputs_hold_the_resized_images_and_views_match_the_full_size_ones(tmp_path):
+    from pipeline.data import resize, roi_views
+    from pipeline.shards import Shard, ShardWriter, check
+    from pipeline.stages import model_inputs
+
+    rng = np.random.default_rng(0)
+    full = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
+    with ShardWriter(tmp_path / "norm.h5", stage="normalize", stage_version=1, config={},
+                     image_id=["a", "b", "c"]) as w:
+        w.rows("image", full)
+    model_inputs.run(tmp_path / "norm.h5", tmp_path / "in.h5", 48)
+    assert check(tmp_path / "in.h5") == []
+    with Shard(tmp_path / "in.h5") as m:
+        small, scale = m.f["image"][()], m.attrs["scale"]
+        assert m.image_ids == ["a", "b", "c"] and m.f["image"].compression is None
+    np.testing.assert_array_equal(small, resize(full, 48))
+    # a view made at batch time from the stored pixels equals one made from the normalized image
+    boxes = np.array([[10, 20, 70, 100], [64, 0, 128, 128], [0, 0, 128, 128]], np.float64)
+    np.testing.assert_array_equal(roi_views(small, boxes * scale, 48), roi_views(full, boxes, 48))

@@ -140,6 +140,33 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
     assert list((tiny_run / "results/visualize").glob("grounding-*.png"))
 
 
+def test_one_image_zeroshot_and_ground_from_the_command_line(tiny_run):
+    import subprocess
+
+    from PIL import Image
+
+    dicom = sorted((tiny_run / "data/synthetic/files").rglob("*.dcm"))[0]
+    blank = tiny_run / "blank.png"  # no lungs to find: the prior boxes stand in
+    Image.fromarray(np.full((80, 70), 128, np.uint8)).save(blank)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--config", str(TINY)], cwd=tiny_run,
+                              capture_output=True, text=True)
+
+    ckpt = "results/train/student/model.pt"
+    out = cli("zeroshot", "--checkpoint", ckpt, str(dicom))
+    assert out.returncode == 0, out.stderr
+    probs = dict(line.rsplit(None, 1) for line in out.stdout.splitlines() if line[:1].isupper())
+    assert len(probs) == 14 and all(0 <= float(v) <= 1 for v in probs.values())
+    out = cli("ground", "--checkpoint", "results/train/student/checkpoints/last.pt", str(blank),
+              "small left pleural effusion", "-o", "g.png")
+    assert out.returncode == 0, out.stderr
+    assert "no lungs found" in out.stdout and "left lower zone" in out.stdout
+    assert (tiny_run / "g.png").stat().st_size > 0
+    bad = cli("zeroshot", "--checkpoint", "missing.pt", str(dicom))
+    assert bad.returncode != 0 and "checkpoint missing.pt is not a file" in bad.stderr
+
+
 def test_tiny_run_fits_a_teacher_open_clip_loads(tiny_run):
     import open_clip
 

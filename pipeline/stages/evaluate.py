@@ -179,7 +179,7 @@ class Embedder:
     def __init__(self, weights: str | Path, name: str, device: torch.device):
         self.name, self.device = name, device
         self.model = models.create(name, pretrained=str(weights)).to(device).eval()
-        self.scale = float(self.model.logit_scale.exp().clamp(max=100))
+        self.scale = float(self.model.logit_scale.detach().exp().clamp(max=100))
         self._cache: dict[str, np.ndarray] = {}
 
     def images(self, images: np.ndarray) -> np.ndarray:

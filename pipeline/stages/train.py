@@ -1,7 +1,7 @@
 """train: the region-aware student, from the cached shards only (the teacher is never loaded here).
 
 A run is described by a spec (written by the rule as `results/train/<run>/spec.json`): the shard lists of
-normalize, crop, reports and embed, the concept file, the teacher weights (to start from when train.init is
+model_inputs, normalize, crop, reports and embed, the concept file, the teacher weights (to start from when train.init is
 teacher) and the run's train section. `python -m pipeline train --spec SPEC` runs it, which is what torchrun
 starts in each process when train.nproc_per_node > 1.
 
@@ -40,9 +40,8 @@ def write_spec(path: str | Path, inputs: dict, cfg: dict, teacher: str, truth: s
 def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) -> dict:
     spec = json.loads(Path(spec_path).read_text())
     cfg, inputs, out_dir = spec["cfg"], spec["inputs"], Path(spec_path).parent
-    data = load_region_data(inputs["normalized"], inputs["crops"], inputs["reports"], inputs["embed"],
-                            inputs["concepts"], {"train"}, models.input_size(cfg["model"]), cfg["uncertain"],
-                            cfg["negatives"], cfg["max_pairs_per_image"])
+    data = load_region_data(inputs, {"train"}, models.input_size(cfg["model"]), cfg["uncertain"], cfg["negatives"],
+                            cfg["max_pairs_per_image"])
     rules = {r: data.pair_rule.count(r) for r in ("lesion", "zone", "lung")}
     log.info("%d training images, %d ROI-phrase pairs (%s), %d concept prompts; teacher %s", len(data),
              len(data.pair_text), ", ".join(f"{k} {v}" for k, v in rules.items()), len(data.concepts),
@@ -55,7 +54,7 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
                  truth["judged"], truth["accuracy"])
     init = spec["teacher"] if cfg["init"] == "teacher" else None
     # a checkpoint resumes only under the same config and the same input shards and teacher
-    files = [f for k in ("normalized", "crops", "reports", "embed") for f in inputs[k]] + [inputs["concepts"]]
+    files = [f for k in ("inputs", "normalized", "crops", "reports", "embed") for f in inputs[k]] + [inputs["concepts"]]
     cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else []))}
     result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after)
     if "stopped_at" in result or not rank0:

@@ -74,6 +74,15 @@ def run_config(wildcards):
     return pipeline_config.run_config(config, wildcards.run)
 
 
+def model_input_files(wildcards):
+    """The model_inputs shards at the input size of the run's architecture (read from its JSON config, which
+    spares the workflow an open_clip import)."""
+    model = run_config(wildcards)["model"]
+    with open(f"{workflow.basedir}/pipeline/models/{model}.json") as f:
+        size = json.load(f)["vision_cfg"]["image_size"]
+    return expand("results/inputs/{size}px/shard-{shard}.h5", size=size, shard=shard_ids())
+
+
 def ground_truth():
     """The synthetic source's truth, to score ROI <-> phrase pairing; real data has none."""
     if config["data"]["source"] != "synthetic":

@@ -1,5 +1,29 @@
+# Each normalized image at a model's input size, uncompressed: what the student's batches are read from.
+rule model_inputs:
+    input:
+        normalized="results/normalize/shard-{shard}.h5",
+    output:
+        shard="results/inputs/{size}px/shard-{shard}.h5",
+    log:
+        "logs/model_inputs/{size}px/shard-{shard}.log",
+    benchmark:
+        "benchmarks/model_inputs/{size}px/shard-{shard}.tsv"
+    wildcard_constraints:
+        size=r"\d+",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        version=stage_version("model_inputs"),
+    script:
+        "../scripts/model_inputs.py"
+
+
 rule train_run:
     input:
+        inputs=model_input_files,
         normalized=shard_files("normalize"),
         crops=shard_files("crop"),
         reports=shard_files("reports"),

@@ -1,0 +1,159 @@
+"""One radiograph from the command line: `python -m pipeline zeroshot` and `python -m pipeline ground`.
+
+The file (DICOM, PNG or JPEG) goes through the workflow's own code with the workflow's config, nothing cached:
+normalize (`normalize.normalize_file`: VOI LUT, MONOCHROME1, letterbox), the U-Net (`segment.predict`,
+`clean_lungs`, `quality`: an image without lungs falls back to the prior boxes like the crop stage), the ROI
+boxes (`crop.image_rois` + `pad_box`) and the model's ROI views (`data.roi_views`). Then
+
+    zeroshot   the 14 observation probabilities: softmax over a positive and a negative prompt ensemble
+               (the same prompts and rule as evaluate's zero-shot AUROC);
+    ground     the phrase's heat map over the image's ROIs (evaluate.heat_map) drawn on the radiograph.
+
+A checkpoint is an open_clip state dict (`results/train/<run>/model.pt`, `results/teacher/model.pt`) or a
+training checkpoint (`checkpoints/last.pt`, which names its own architecture). Nothing from the file's header
+except pixels and the display tags is read; no identifier is printed or drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import config as config_mod
+from . import models
+from .data import roi_views
+from .labels import OBSERVATIONS
+from .stages.crop import image_rois, pad_box
+from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map
+from .stages.normalize import as_uint8, normalize_file, to_original
+from .stages.segment import clean_lungs, load_unet, predict, quality
+
+
+@dataclass
+class Radiograph:
+    image: np.ndarray  # (S, S) uint8, normalized and letterboxed
+    boxes: np.ndarray  # (R, 4) padded ROI boxes in the normalized image's pixels
+    labels: list[str]  # one per box: "image", "right lung", "left lower zone", "lesion (left)", ...
+    transform: np.ndarray
+    no_lungs: bool
+
+
+def _label(kind: str, side: str, zone: str) -> str:
+    if kind == "zone":
+        return f"{side} {zone} zone"
+    if kind == "lung":
+        return f"{side} lung"
+    return f"lesion ({side})" if kind == "lesion" and side else kind
+
+
+def segmenter_path(cfg: dict) -> Path:
+    """segment.weights when set, else the U-Net the workflow trained (rule train_segmenter)."""
+    return Path(cfg["segment"]["weights"] or "results/segmenter/unet.pt")
+
+
+def prepare(path: str | Path, cfg: dict, segmenter: str | Path) -> Radiograph:
+    """One file through normalize, segment and crop as the workflow does (stages.*). Raises normalize.Rejected."""
+    image, transform, rad = normalize_file(path, cfg["normalize"])
+    image = as_uint8(image[None])[0]
+    seg = cfg["segment"]
+    masks = clean_lungs(predict(load_unet(segmenter, seg), image[None], seg["input_size"], seg["threshold"]))
+    no_lungs = bool(quality(masks, seg["min_lung_fraction"])["no_lungs"][0])
+    rois = image_rois(masks[0, 0], masks[0, 1], masks[0, 2], no_lungs, transform, np.array(rad.pixels.shape),
+                      cfg["crop"])
+    boxes = np.array([pad_box(r.box, image.shape[-1], 0.0 if r.kind == "image" else cfg["crop"]["pad"],
+                              cfg["crop"]["min_size"]) for r in rois], np.float64).reshape(-1, 4)
+    return Radiograph(image, boxes, [_label(r.kind, r.laterality, r.zone) for r in rois], transform, no_lungs)
+
+
+def load_model(checkpoint: str | Path, name: str | None, cfg: dict, device: torch.device) -> Embedder:
+    """An Embedder for a state dict or a training checkpoint; the architecture from the checkpoint's config,
+    else `name`, else train.model."""
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if isinstance(blob, dict) and "config" in blob and "model" in blob.get("config", {}):
+        name = name or blob["config"]["model"]
+    return Embedder(checkpoint, name or cfg["train"]["model"], device)
+
+
+def zeroshot(emb: Embedder, image: np.ndarray) -> dict[str, float]:
+    """p(observation present) for the 14 CheXpert observations, as evaluate scores them."""
+    img = emb.images(image[None])[0]
+    out = {}
+    for o in OBSERVATIONS:
+        logits = emb.scale * np.array([img @ emb.ensemble(POSITIVE, o.lower()), img @ emb.ensemble(NEGATIVE, o.lower())])
+        out[o] = float(1.0 / (1.0 + np.exp(logits[1] - logits[0])))
+    return out
+
+
+def ground(emb: Embedder, rad: Radiograph, phrase: str) -> tuple[np.ndarray, np.ndarray]:
+    """(heat map (S, S) in [0, 1], each ROI's softmax weight) for `phrase`; the whole-image box is left out
+    (it contains every finding), unless no other ROI exists."""
+    keep = np.array([lab != "image" for lab in rad.labels]) if len(rad.labels) > 1 else np.ones(1, bool)
+    size = rad.image.shape[-1]
+    views = roi_views(np.repeat(rad.image[None], int(keep.sum()), 0), rad.boxes[keep], models.image_size(emb.model))
+    scores = emb.images(views) @ emb.texts([phrase])[0]
+    weights = np.zeros(len(rad.labels))
+    w = np.exp(emb.scale * (scores - scores.max()))
+    weights[keep] = w / w.sum()
+    return heat_map(scores, rad.boxes[keep], size, emb.scale), weights
+
+
+def draw(rad: Radiograph, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from .io import atomic_path
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.8))
+    ax.imshow(rad.image, cmap="gray", vmin=0, vmax=255)
+    ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    best = int(np.argmax(weights))
+    for k, (x0, y0, x1, y1) in enumerate(rad.boxes):
+        if rad.labels[k] != "image":
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5 if k == best else 0.5,
+                                   ec="yellow" if k == best else "white", alpha=0.9 if k == best else 0.5))
+    ax.set_title(f'"{phrase}"\nbest ROI: {rad.labels[best]} ({weights[best]:.2f})', fontsize=9)
+    ax.axis("off")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return out
+
+
+def main(command: str, checkpoint: str, image: str, phrase: str | None, out: str | None, config: str | None,
+         model: str | None, segmenter: str | None) -> int:
+    overrides = {}
+    if config:  # merged over the repository's config.yaml, like snakemake --configfile
+        import yaml
+
+        overrides = yaml.safe_load(Path(config).read_text()) or {}
+    cfg = config_mod.load(None, overrides)
+    seg = Path(segmenter) if segmenter else segmenter_path(cfg)
+    for what, p in (("checkpoint", Path(checkpoint)), ("segmenter", seg), ("image", Path(image))):
+        if not p.is_file():
+            raise SystemExit(f"error: {what} {p} is not a file"
+                             + (" (run the workflow first, or pass --segmenter)" if what == "segmenter" else ""))
+    rad = prepare(image, cfg, seg)
+    emb = load_model(checkpoint, model, cfg, torch.device("cpu"))
+    if rad.no_lungs:
+        print("note: no lungs found; the ROIs are the prior boxes")
+    if command == "zeroshot":
+        for o, p in zeroshot(emb, rad.image).items():
+            print(f"{o:28s} {p:.3f}")
+        return 0
+    heat, weights = ground(emb, rad, phrase)
+    for k in np.argsort(-weights):
+        if weights[k] > 0:
+            box = to_original(rad.boxes[k : k + 1], rad.transform)[0]
+            print(f"{rad.labels[k]:20s} {weights[k]:.3f}  box in the original image (x0 y0 x1 y1): "
+                  + " ".join(f"{v:.0f}" for v in box))
+    print(draw(rad, heat, weights, phrase, out or "ground.png"))
+    return 0
