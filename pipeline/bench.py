@@ -166,7 +166,7 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
               f"training memory {res['train_mem_ratio']:.2f}x (target <= 0.6)"
               + (f", CUDA peak {res['cuda_ratio']:.2f}x" if "cuda_ratio" in res else ""))
         ld = res["loading"]
-        print(f"loading {ld['samples']} samples (image + its paired ROI views at model size):\n"
+        print(f"loading {ld['samples']} samples (an image at model size, its ROI pairs):\n"
               f"  pixels: model_inputs shards {ld['shards_samples_s']:.0f}/s, PNG decode + resize "
               f"{ld['png_samples_s']:.0f}/s: {ld['ratio']:.2f}x (target >= 3)\n"
               f"  whole loader (pairing, captions, teacher embeddings too): {ld['loader_samples_s']:.0f}/s, with "

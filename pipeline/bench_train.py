@@ -6,8 +6,8 @@
 Each mode runs in a fresh process so its peak memory is its own: peak RSS (ru_maxrss) on CPU and
 torch.cuda.max_memory_allocated on a GPU; "training memory" is the peak above the RSS after imports and data.
 
-Loading: the student's samples (image + its paired ROIs at the model's input size) read from the shards,
-against decoding the normalize PNGs and making the same ROI views (data.roi_views) with the same resize.
+Loading: the student's images at the model's input size read from the model_inputs shards, against decoding
+the normalize PNGs with the same resize; and the whole loader (pairing, captions, teacher embeddings) with either.
 """
 
 from __future__ import annotations
@@ -51,13 +51,13 @@ def _load(cfg: dict, results: str | Path):
 
 
 def bench_loading(results: str | Path = "results", repeats: int = 5) -> dict:
-    """Samples/s of the student's images and ROI views (a) read from the model_inputs shards and (b) decoded from
-    the normalize PNGs with the same resize and the same views; and of the whole loader (pairing, captions and
-    teacher embeddings included) with its images from (a) or from (b)."""
+    """Samples/s of the student's images at model size (a) read from the model_inputs shards and (b) decoded
+    from the normalize PNGs with the same resize; and of the whole loader (pairing, captions and teacher
+    embeddings included) with its images from (a) or from (b)."""
     from PIL import Image
 
     from . import models  # noqa: F401  (imports torch and open_clip before the clock starts)
-    from .data import resize, roi_views
+    from .data import resize
     from .shards import Shard
 
     cfg = config.load()
@@ -69,20 +69,16 @@ def bench_loading(results: str | Path = "results", repeats: int = 5) -> dict:
     wanted = set(data.image_id)
 
     def loader():
-        d = _load(cfg["train"], results)
-        roi_views(d.images[d.pair_image], d.pair_box, size)
+        _load(cfg["train"], results)
 
     def pixels_from_shards():
-        images = []
         for path in shards:
             with Shard(path) as m:
                 rows = [i for i, image_id in enumerate(m.image_ids) if image_id in wanted]
-                images.append(m.f["image"][()][rows])
-        roi_views(np.concatenate(images)[data.pair_image], data.pair_box, size)
+                m.f["image"][()][rows]
 
-    def pixels_from_pngs():  # decoding is per file; the resize and the views are batched as for the shards
-        images = resize(np.stack([np.array(Image.open(p).convert("L")) for p in files]), size)
-        roi_views(images[data.pair_image], data.pair_box, size)
+    def pixels_from_pngs():  # decoding is per file; the resize is batched
+        resize(np.stack([np.array(Image.open(p).convert("L")) for p in files]), size)
 
     best = {}
     for _ in range(repeats):  # interleaved; the best of each (timeit's rule: the rest is other processes' noise)
@@ -130,12 +126,13 @@ def child(mode: str, steps: int, teacher_model: str, results: str | Path = "resu
         t0 = time.perf_counter()
         idx = batch_indices(step, len(batches), tcfg["batch_size"], tcfg["seed"])
         batch = {k: v.to(device) for k, v in batches(idx, step).items()}
-        if mode == "online" and "roi" in batch:
+        if mode == "online" and "roi_box" in batch:
             subset = np.sort(np.random.default_rng([tcfg["seed"], step, 2]).permutation(len(data.concepts))[
                 : tcfg["concepts_per_step"] or len(data.concepts)])
-            with torch.no_grad():
-                roi = F.interpolate(batch["roi"], size=(teacher_size, teacher_size), mode="bilinear")
-                emb = teacher.encode_image(roi, normalize=True)
+            with torch.no_grad():  # the teacher's ROI embeddings of this step's (possibly flipped) images
+                pixels = F.interpolate(batch["image"], size=(teacher_size, teacher_size), mode="bilinear")
+                scale = teacher_size / batch["image"].shape[-1]
+                _, emb = models.encode_image_and_rois(teacher, pixels, batch["roi_image"], batch["roi_box"] * scale)
                 batch["teacher_logits"] = (teacher_scale * emb @ concepts[subset].T).float()
         optimizer.zero_grad(set_to_none=True)
         step_module(batch)["total_loss"].backward()

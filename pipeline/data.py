@@ -4,7 +4,8 @@
 paired with finding phrases, their hard negatives, the teacher's ROI and concept embeddings) read the shards of the
 chosen splits into memory once, images at the model's input size as uint8 (1 byte a pixel: about 3.5 GB for
 MIMIC-CXR's 377k images at 96 px, 19 GB at 224 px). The student's images come from the model_inputs shards, already
-at its size and uncompressed; its ROI views are made per batch from them. Nothing is decoded from PNG and no
+at its size and uncompressed; its ROI embeddings are pooled from the same forward pass (models.encode_image_and_rois).
+Nothing is decoded from PNG and no
 teacher is run.
 """
 
@@ -64,7 +65,7 @@ class RegionData:
     images: np.ndarray  # (N, s, s) uint8 at the model's input size
     reports: list[str]
     pair_image: np.ndarray  # (M,) index into images
-    pair_box: np.ndarray  # (M, 4) float32 ROI boxes in the pixels of `images` (roi_views makes the views)
+    pair_box: np.ndarray  # (M, 4) float32 ROI boxes in the pixels of `images`
     pair_text: list[str]  # the caption the ROI is pulled towards
     pair_negatives: list[list[str]]  # (M, <= K) hard negative captions
     pair_laterality: list[str]
@@ -90,23 +91,6 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     x = torch.from_numpy(images).float().unsqueeze(1)
     x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     return x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def roi_views(images: np.ndarray, boxes: np.ndarray, size: int, dim: float = 0.25) -> np.ndarray:
-    """An ROI as the model sees it: the whole radiograph at `size`, everything outside the ROI box dimmed to
-    `dim` of its brightness. A tight crop of one lung or of a nodule looks the same on either side (a left lung
-    is nearly a mirrored right one); kept in place, the heart, the mediastinum and the box position say which
-    side it is, so "left" and "right" become learnable. images: (M, S, S) uint8, one per ROI; boxes (M, 4) in
-    those images' pixels."""
-    out = resize(np.ascontiguousarray(images), size).astype(np.float32)
-    if len(out) == 0:
-        return out.astype(np.uint8)
-    b = np.asarray(boxes, np.float64).reshape(-1, 4) * (size / images.shape[-1])
-    grid = np.arange(size) + 0.5
-    inside_x = (grid[None, :] >= b[:, 0:1]) & (grid[None, :] <= b[:, 2:3])  # (M, size)
-    inside_y = (grid[None, :] >= b[:, 1:2]) & (grid[None, :] <= b[:, 3:4])
-    inside = inside_y[:, :, None] & inside_x[:, None, :]
-    return np.where(inside, out, out * dim).round().astype(np.uint8)
 
 
 PHRASE_KEYS = ["phrase", "phrase_observation", "phrase_negated", "phrase_uncertain", "phrase_laterality", "phrase_zone"]

@@ -3,7 +3,7 @@
 The file (DICOM, PNG or JPEG) goes through the workflow's own code with the workflow's config, nothing cached:
 normalize (`normalize.normalize_file`: VOI LUT, MONOCHROME1, letterbox), the U-Net (`segment.predict`,
 `clean_lungs`, `quality`: an image without lungs falls back to the prior boxes like the crop stage), the ROI
-boxes (`crop.image_rois` + `pad_box`) and the model's ROI views (`data.roi_views`). Then
+boxes (`crop.image_rois` + `pad_box`), and the model's ROI embeddings (`models.embed_rois`). Then
 
     zeroshot   the 14 observation probabilities: softmax over a positive and a negative prompt ensemble
                (the same prompts and rule as evaluate's zero-shot AUROC);
@@ -24,7 +24,6 @@ import torch
 
 from . import config as config_mod
 from . import models
-from .data import roi_views
 from .labels import OBSERVATIONS
 from .stages.crop import image_rois, pad_box
 from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map
@@ -92,8 +91,7 @@ def ground(emb: Embedder, rad: Radiograph, phrase: str) -> tuple[np.ndarray, np.
     (it contains every finding), unless no other ROI exists."""
     keep = np.array([lab != "image" for lab in rad.labels]) if len(rad.labels) > 1 else np.ones(1, bool)
     size = rad.image.shape[-1]
-    views = roi_views(np.repeat(rad.image[None], int(keep.sum()), 0), rad.boxes[keep], models.image_size(emb.model))
-    scores = emb.images(views) @ emb.texts([phrase])[0]
+    scores = emb.rois(rad.image[None], np.zeros(int(keep.sum()), np.int64), rad.boxes[keep]) @ emb.texts([phrase])[0]
     weights = np.zeros(len(rad.labels))
     w = np.exp(emb.scale * (scores - scores.max()))
     weights[keep] = w / w.sum()

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from . import models
 from .config import config_sha256
-from .data import ImageReportPairs, RegionData, resize, roi_views
+from .data import ImageReportPairs, RegionData, resize
 from .io import atomic_path, usable_threads
 from .losses import RegionAwareLoss
 from .pairing import swap_sides
@@ -90,9 +90,10 @@ class GlobalBatches:
 
 
 class RegionBatches:
-    """Images, reports, and every paired ROI of the batch's images with its phrase, hard negatives and the
-    teacher's concept distribution. Side-aware flips: a flipped image's ROIs are mirrored, its texts have left
-    and right swapped, and the teacher's concept distribution is permuted by the concepts' mirror map."""
+    """Images, reports, and every paired ROI (its image in the batch and its box) of the batch's images with its
+    phrase, hard negatives and the teacher's concept distribution. Side-aware flips: a flipped image's ROI boxes
+    are mirrored with it, its texts have left and right swapped, and the teacher's concept distribution is
+    permuted by the concepts' mirror map."""
 
     def __init__(self, data: RegionData, model_name: str, cfg: dict):
         self.data, self.cfg = data, cfg
@@ -147,15 +148,21 @@ class RegionBatches:
         negative = torch.stack([self.tokens[bool(f)]["negative"][p] for p, f in zip(pairs, pair_flip)])
         r, k, _ = negative.shape
         short = _trim(torch.cat([phrase, negative.reshape(r * k, -1), self.concepts[subset]]))
-        views = roi_views(d.images[d.pair_image[pairs]], d.pair_box[pairs], d.images.shape[-1])
-        batch.update(roi=_pixels(views, pair_flip), short=short, n_pairs=torch.tensor(r),
+        size = d.images.shape[-1]
+        box = d.pair_box[pairs].copy()  # a flipped image's boxes are mirrored with it
+        box[pair_flip] = np.stack([size - box[pair_flip, 2], box[pair_flip, 1], size - box[pair_flip, 0],
+                                   box[pair_flip, 3]], 1)
+        where = {int(i): k for k, i in enumerate(idx)}  # the pair's image within this batch
+        batch.update(roi_image=torch.tensor([where[int(i)] for i in d.pair_image[pairs]], dtype=torch.long),
+                     roi_box=torch.from_numpy(box), short=short, n_pairs=torch.tensor(r),
                      negative_mask=self.negative_mask[pairs], teacher_logits=teacher)
         return batch
 
 
 class CLIPTrainStep(nn.Module):
-    """The whole forward of one micro-batch in one call (what DistributedDataParallel hooks into): images and
-    ROIs through the vision tower together, reports and the short texts through the text tower."""
+    """The whole forward of one micro-batch in one call (what DistributedDataParallel hooks into): the images
+    through the vision tower once (their ROIs pooled from the same pass, models.encode_image_and_rois), reports
+    and the short texts through the text tower."""
 
     def __init__(self, clip: nn.Module, loss: RegionAwareLoss):
         super().__init__()
@@ -163,10 +170,11 @@ class CLIPTrainStep(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         clip = self.clip
-        has_rois = "roi" in batch
-        pixels = torch.cat([batch["image"], batch["roi"]]) if has_rois else batch["image"]
-        visual = clip.encode_image(pixels, normalize=True)
-        image, roi = visual[: len(batch["image"])], visual[len(batch["image"]) :]
+        has_rois = "roi_box" in batch
+        if has_rois:
+            image, roi = models.encode_image_and_rois(clip, batch["image"], batch["roi_image"], batch["roi_box"])
+        else:
+            image = clip.encode_image(batch["image"], normalize=True)
         report = models.encode_text(clip, batch["report"])
         scale = clip.logit_scale.exp()
         if not has_rois:

@@ -10,8 +10,8 @@ STAGE_VERSIONS = {
     "segment": 1,
     "crop": 1,
     "fit_teacher": 2,
-    "embed_teacher": 1,
+    "embed_teacher": 2,
     "model_inputs": 1,
-    "train": 1,
-    "evaluate": 1,
+    "train": 2,
+    "evaluate": 2,
 }

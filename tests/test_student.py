@@ -89,12 +89,12 @@ def test_a_flipped_sample_says_left_where_its_left_lung_now_is(train_cfg):
     tok = models.tokenizer("medclip-tiny")
     batches = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 1.0})  # every image flipped
     b = batches(np.array([0, 1]), step=0)
-    # pixels mirrored: the bright half moved from the right to the left of the image, the ROI (its view is the
-    # image with the outside of the box dimmed) too
+    # pixels mirrored: the bright half moved from the right to the left of the image, the ROI box with it
     assert b["image"][0, 0, :, :10].mean() > b["image"][0, 0, :, -10:].mean()
-    assert b["roi"][0, 0, :, :10].mean() > b["roi"][0, 0, :, -10:].mean()
+    torch.testing.assert_close(b["roi_box"], torch.tensor([[0.0, 0.0, 48.0, 96.0]] * 2))
     unflipped = RegionBatches(data, "medclip-tiny", {**train_cfg, "hflip": 0.0})(np.array([0, 1]), step=0)
-    torch.testing.assert_close(b["roi"], unflipped["roi"].flip(-1))
+    torch.testing.assert_close(unflipped["roi_box"], torch.tensor([[48.0, 0.0, 96.0, 96.0]] * 2))
+    assert b["roi_image"].tolist() == [0, 1]
     # the ROI of the patient's left lung now lies where a right lung lies, and its phrase says "right"
     phrase = b["short"][0]
     expect = tok(["small right pleural effusion"], context_length=32)[0, : len(phrase)]
@@ -163,22 +163,39 @@ def test_run_overrides_are_validated_like_the_train_section():
         config.load(overrides={"train": {"model": "medclip-vit-b-16"}})
 
 
-def test_model_inputs_hold_the_resized_images_and_views_match_the_full_size_ones(tmp_path):
-    from pipeline.data import resize, roi_views
+def test_model_inputs_hold_the_images_resized_as_the_model_resizes_them(tmp_path):
+    from pipeline.data import resize
     from pipeline.shards import Shard, ShardWriter, check
     from pipeline.stages import model_inputs
 
-    rng = np.random.default_rng(0)
-    full = rng.integers(0, 256, (3, 128, 128), dtype=np.uint8)
+    full = np.random.default_rng(0).integers(0, 256, (3, 128, 128), dtype=np.uint8)
     with ShardWriter(tmp_path / "norm.h5", stage="normalize", stage_version=1, config={},
                      image_id=["a", "b", "c"]) as w:
         w.rows("image", full)
     model_inputs.run(tmp_path / "norm.h5", tmp_path / "in.h5", 48)
     assert check(tmp_path / "in.h5") == []
     with Shard(tmp_path / "in.h5") as m:
-        small, scale = m.f["image"][()], m.attrs["scale"]
-        assert m.image_ids == ["a", "b", "c"] and m.f["image"].compression is None
-    np.testing.assert_array_equal(small, resize(full, 48))
-    # a view made at batch time from the stored pixels equals one made from the normalized image
-    boxes = np.array([[10, 20, 70, 100], [64, 0, 128, 128], [0, 0, 128, 128]], np.float64)
-    np.testing.assert_array_equal(roi_views(small, boxes * scale, 48), roi_views(full, boxes, 48))
+        assert m.image_ids == ["a", "b", "c"] and m.f["image"].compression is None and m.attrs["scale"] == 48 / 128
+        np.testing.assert_array_equal(m.f["image"][()], resize(full, 48))
+    # the model sees the same input from these pixels as from the normalized image
+    torch.testing.assert_close(models.to_model_input(resize(full, 48), 48), models.to_model_input(full, 48),
+                               rtol=0, atol=1 / 255 / models.CXR_STD)  # within one grey level (uint8 rounding)
+
+
+def test_roi_embeddings_pool_the_patch_tokens_under_the_box():
+    torch.manual_seed(0)
+    clip = models.create("medclip-tiny").eval()
+    pixels = models.to_model_input(np.random.default_rng(0).integers(0, 256, (2, 96, 96), dtype=np.uint8), 96)
+    boxes = torch.tensor([[16.0, 32.0, 32.0, 48.0], [0.0, 0.0, 96.0, 96.0], [10.0, 10.0, 12.0, 12.0]])
+    w = models.box_weights(boxes, 6, 96)  # 96 px, 16 px patches: a 6 x 6 grid
+    torch.testing.assert_close(w.sum(1), torch.ones(3))
+    assert w[0].nonzero().flatten().tolist() == [2 * 6 + 1]  # exactly the patch in row 2, column 1
+    assert w[2].nonzero().flatten().tolist() == [0]  # smaller than a patch: the patch it lies in
+    with torch.no_grad():
+        image, roi = models.encode_image_and_rois(clip, pixels, torch.tensor([0, 1, 0]), boxes, normalize=False)
+        clip.visual.output_tokens = True
+        _, tokens = clip.visual(pixels)
+        clip.visual.output_tokens = False
+        torch.testing.assert_close(roi[0], tokens[0, 13] @ clip.visual.proj)
+        torch.testing.assert_close(roi[1], tokens[1].mean(0) @ clip.visual.proj)
+        torch.testing.assert_close(image, clip.encode_image(pixels))

@@ -91,7 +91,8 @@ def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     runs = 4  # evaluate.runs of config.yaml (a --configfile merges into it, it cannot remove runs)
     downstream = {"embed_teacher": n_shards, "train_run": runs, "evaluate": 1, "visualize": 1, "all": 1}
     assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
-                                             "crop": n_shards, "fit_teacher": 1, "embed_concepts": 1, **downstream}
+                                             "crop": n_shards, "model_inputs": n_shards, "fit_teacher": 1,
+                                             "embed_concepts": 1, **downstream}
     assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "fit_teacher": 1,
                                                         "embed_concepts": 1, **downstream}
     assert rerun("teacher={steps: 4}") == {"fit_teacher": 1, "embed_concepts": 1, **downstream}

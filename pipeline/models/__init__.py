@@ -85,6 +85,63 @@ def encode_text(model: torch.nn.Module, tokens: torch.Tensor, normalize: bool = 
     return F.normalize(x, dim=-1) if normalize else x
 
 
+def box_weights(boxes: torch.Tensor, grid: int, size: int) -> torch.Tensor:
+    """(R, grid * grid): each patch's share of each box (overlap area / box area, rows sum to 1). boxes (R, 4)
+    x0, y0, x1, y1 in the pixels of a size x size model input; a box smaller than a patch still has weight."""
+    edges = torch.arange(grid + 1, dtype=torch.float32, device=boxes.device) * (size / grid)
+    b = boxes.float()
+
+    def overlap(lo, hi):  # (R, grid)
+        return (torch.minimum(hi[:, None], edges[None, 1:]) - torch.maximum(lo[:, None], edges[None, :-1])).clamp(min=0)
+
+    w = (overlap(b[:, 1], b[:, 3])[:, :, None] * overlap(b[:, 0], b[:, 2])[:, None, :]).reshape(len(b), -1)
+    return w / w.sum(1, keepdim=True).clamp(min=1e-6)
+
+
+def encode_image_and_rois(model: torch.nn.Module, pixels: torch.Tensor, roi_image: torch.Tensor,
+                          roi_box: torch.Tensor, normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of the vision tower gives the images' embeddings and their ROIs' embeddings.
+
+    An ROI's embedding is the mean of the image's final patch tokens weighted by their overlap with its box,
+    through the same projection as the pooled image embedding (dense CLIP features, as MaskCLIP / RegionCLIP
+    read regions off a feature map). Each patch token keeps its position embedding in the residual stream, so
+    where a region is ("left" lies on the image's right) is in its embedding from the start; a ROI cut out and
+    encoded on its own is nearly the same for either lung. pixels (B, 3, s, s); roi_image (R,) index into pixels;
+    roi_box (R, 4) in model-input pixels."""
+    visual = model.visual
+    visual.output_tokens = True
+    try:
+        pooled, tokens = visual(pixels)  # tokens (B, grid * grid, width): after ln_post, before the projection
+    finally:
+        visual.output_tokens = False
+    grid = int(round(tokens.shape[1] ** 0.5))
+    w = box_weights(roi_box, grid, pixels.shape[-1]).to(tokens.dtype)
+    roi = torch.einsum("rp,rpd->rd", w, tokens[roi_image]) @ visual.proj
+    if normalize:
+        return F.normalize(pooled, dim=-1), F.normalize(roi, dim=-1)
+    return pooled, roi
+
+
+@torch.no_grad()
+def embed_rois(model: torch.nn.Module, images: np.ndarray, roi_image: np.ndarray, boxes: np.ndarray,
+               batch_size: int = 64) -> np.ndarray:
+    """ROI embeddings (R, D) float32 of `images` (N, S, S) uint8; roi_image (R,) index into images, boxes (R, 4) in
+    the images' pixels."""
+    size, device = image_size(model), next(model.parameters()).device
+    roi_image, boxes = np.asarray(roi_image, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4)
+    out = np.zeros((len(roi_image), model.text_projection.shape[-1]), np.float32)
+    scale = size / images.shape[-1] if len(images) else 1.0
+    for start in range(0, len(images), batch_size):
+        sel = np.flatnonzero((roi_image >= start) & (roi_image < start + batch_size))
+        if len(sel) == 0:
+            continue
+        pixels = to_model_input(images[start : start + batch_size], size).to(device)
+        _, roi = encode_image_and_rois(model, pixels, torch.from_numpy(roi_image[sel] - start).to(device),
+                                       torch.from_numpy(boxes[sel] * scale).to(device))
+        out[sel] = roi.float().cpu().numpy()
+    return out
+
+
 @torch.no_grad()
 def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, H, W) uint8 -> (N, D) float32 L2-normalised image embeddings."""

@@ -2,7 +2,7 @@
 
 Per shard (rows follow the normalize / crop shard, reports joined by image_id):
     image_embedding (N, D), report_embedding (N, D)         float16, L2-normalised
-    rois/roi_embedding (R, D)                               the crop shard's ROIs (as data.roi_views), same offsets
+    rois/roi_embedding (R, D)                               the crop shard's ROIs (models.embed_rois), same offsets
     phrases/phrase_embedding (P, D)                         each image's parsed phrases, in the report shard's order
 `results/embed/concepts.h5` holds the concept pool (pipeline.concepts) and its embeddings. Every file carries the
 teacher weights' SHA-256, model name and logit scale, so a student trained on it can say which teacher it learnt from.
@@ -18,7 +18,7 @@ import torch
 
 from .. import models
 from ..concepts import concept_pool
-from ..data import report_text, roi_views
+from ..data import report_text
 from ..io import sha256_file, usable_threads
 from ..shards import Shard, ShardWriter, csr_offsets, decode
 from ..versions import STAGE_VERSIONS
@@ -70,9 +70,8 @@ def run(normalized: str | Path, cropped: str | Path, reports: str | Path, weight
         per_image = [p_text[p_off[row[i]] : p_off[row[i] + 1]] for i in ids]
     phrases = [p for ps in per_image for p in ps]
     roi_image = np.repeat(np.arange(len(ids)), np.diff(roi_offsets))
-    rois = roi_views(images[roi_image], roi_boxes, models.image_size(model))
     emb = {"image": models.embed_images(model, images), "report": models.embed_texts(model, cfg["model"], texts),
-           "roi": models.embed_images(model, rois), "phrase": models.embed_texts(model, cfg["model"], phrases)}
+           "roi": models.embed_rois(model, images, roi_image, roi_boxes), "phrase": models.embed_texts(model, cfg["model"], phrases)}
     emb = {k: v.astype(np.float16) for k, v in emb.items()}
     upstream = {"crop": sha256_file(cropped), "reports": sha256_file(reports), "teacher": attrs["teacher_sha256"]}
     with ShardWriter(out, stage=STAGE, stage_version=STAGE_VERSIONS[STAGE], config=cfg, image_id=ids,
@@ -82,6 +81,6 @@ def run(normalized: str | Path, cropped: str | Path, reports: str | Path, weight
         w.rows("has_report", np.array([bool(t) for t in texts]))
         w.ragged("rois", roi_offsets, roi_embedding=emb["roi"])
         w.ragged("phrases", csr_offsets(len(p) for p in per_image), phrase_embedding=emb["phrase"])
-    counts = {"images": len(ids), "rois": len(rois), "phrases": len(phrases)}
+    counts = {"images": len(ids), "rois": len(roi_image), "phrases": len(phrases)}
     log.info("%d images, %d ROIs, %d phrases embedded by the teacher (%s)", *counts.values(), cfg["model"])
     return counts

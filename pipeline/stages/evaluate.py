@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .. import models
-from ..data import report_text, roi_views
+from ..data import report_text
 from ..io import atomic_path, usable_threads
 from ..labels import OBSERVATIONS
 from ..pairing import CANONICAL, caption, pair_rois, read_truth, swap_sides
@@ -53,17 +53,17 @@ class TestSet:
     images: np.ndarray  # (N, S, S) uint8 normalized
     labels: np.ndarray  # (N, 14) the source's labels
     reports: list[str]
-    roi_image: np.ndarray  # (R, s, s) uint8, all ROIs of all test images
+    roi_owner: np.ndarray  # (R,) the image of each ROI of all test images
     roi_of: list[np.ndarray]  # per image: its ROI indices
     roi_box: np.ndarray  # (R, 4) normalized pixels
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box
 
 
 def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, split: str = "test",
-                  size: int = 96) -> TestSet:
-    """The test images with their ROIs (as data.roi_views at the model's input `size`) and ROI <-> phrase pairs."""
+                  ) -> TestSet:
+    """The test images with their ROI boxes and ROI <-> phrase pairs."""
     box, region = read_truth(truth_dir) if truth_dir else ({}, {})
-    out = {k: [] for k in ("image_id", "patient_id", "study_id", "images", "labels", "reports", "roi_image",
+    out = {k: [] for k in ("image_id", "patient_id", "study_id", "images", "labels", "reports", "roi_owner",
                            "roi_of", "roi_box", "pairs")}
     n_rois = 0
     for npath, cpath, rpath in zip(normalize_shards, crop_shards, report_shards):
@@ -90,8 +90,7 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
                 out["images"].append(images[k])
                 out["labels"].append(r.f["labels_source"][j])
                 out["reports"].append(text)
-                out["roi_image"].append(roi_views(np.repeat(images[k][None], len(rois["roi_kind"]), 0),
-                                                  np.asarray(rois["roi_box"], np.float64).reshape(-1, 4), size))
+                out["roi_owner"].append(np.full(len(rois["roi_kind"]), index))
                 out["roi_box"].append(np.asarray(rois["roi_box"], np.float64).reshape(-1, 4))
                 out["roi_of"].append(np.arange(n_rois, n_rois + len(rois["roi_kind"])))
                 for pair in pair_rois(rois, ph, uncertain="drop"):
@@ -108,7 +107,7 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
     return TestSet(out["image_id"], out["patient_id"], out["study_id"],
                    np.stack(out["images"]) if out["images"] else np.zeros((0, full, full), np.uint8),
                    np.array(out["labels"], np.float32).reshape(-1, 14), out["reports"],
-                   np.concatenate(out["roi_image"]) if out["roi_image"] else np.zeros((0, 1, 1), np.uint8),
+                   np.concatenate(out["roi_owner"]) if out["roi_owner"] else np.zeros(0, np.int64),
                    out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)), out["pairs"])
 
 
@@ -184,6 +183,9 @@ class Embedder:
 
     def images(self, images: np.ndarray) -> np.ndarray:
         return models.embed_images(self.model, images)
+
+    def rois(self, images: np.ndarray, owner: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return models.embed_rois(self.model, images, owner, boxes)
 
     def texts(self, texts: list[str]) -> np.ndarray:
         new = sorted({t for t in texts if t not in self._cache})
@@ -272,7 +274,7 @@ def evaluate_model(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndar
     # regions
     pairs = test.pairs
     if pairs:
-        roi = emb.images(test.roi_image)
+        roi = emb.rois(test.images, test.roi_owner, test.roi_box)
         texts = [p["text"] for p in pairs]
         pool = sorted(set(texts))
         pool_emb = emb.texts(pool)
@@ -324,8 +326,7 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     """Evaluate every checkpoint (run name -> weights) and write metrics.json, report.md, plots and manifests."""
     torch.set_num_threads(usable_threads(threads))
     out_dir = Path(out_dir)
-    size = max(models.input_size(n) for n in model_names.values())
-    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, size=size)
+    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir)
     leaked = sorted(set(test.patient_id) & training_patients(inputs["normalized"]))
     if leaked:
         raise ValueError(f"{len(leaked)} test patient(s) are also training / validation patients, e.g. {leaked[0]}")

@@ -3,8 +3,7 @@ its images without inflating or resizing anything.
 
 A 96 px input is 9 KB against 64 KB for the 256 px normalized image, and it is the resize that models use
 (`data.resize`: antialiased bilinear, rounded back to uint8), so a batch made from these pixels equals one made
-from the normalize shard. ROI views (`data.roi_views`) are made from them at batch time with the crop shard's
-boxes scaled by `scale`.
+from the normalize shard. The crop shard's ROI boxes map into these pixels by `scale`.
 
 Output `results/inputs/<size>px/shard-XXXXX.h5`:
     image_id (N,)

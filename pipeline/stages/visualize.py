@@ -31,14 +31,13 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     torch.set_num_threads(usable_threads(threads))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    size = max(models.input_size(n) for n in model_names.values())
-    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, size=size)
+    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir)
     cases = [p for p in test.pairs if p["gt_box"] is not None][:n] or test.pairs[:n]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     heats = {}
     for name, weights in checkpoints.items():
         emb = Embedder(weights, model_names[name], device)
-        roi = emb.images(test.roi_image)
+        roi = emb.rois(test.images, test.roi_owner, test.roi_box)
         for k, p in enumerate(cases):
             rois = test.roi_of[p["image"]]
             heats[name, k] = heat_map(roi[rois] @ emb.texts([p["text"]])[0], test.roi_box[rois],
