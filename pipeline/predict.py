@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from . import config as config_mod
-from . import models
 from .labels import OBSERVATIONS
 from .stages.crop import image_rois, pad_box
 from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map

@@ -10,10 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .. import models
 from ..io import atomic_path, usable_threads
 from .evaluate import Embedder, grounding_figures, heat_map, load_test_set
 
