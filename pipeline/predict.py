@@ -69,7 +69,7 @@ def prepare(path: str | Path, cfg: dict, segmenter: str | Path) -> Radiograph:
 def load_model(checkpoint: str | Path, name: str | None, cfg: dict, device: torch.device) -> Embedder:
     """An Embedder for a state dict or a training checkpoint; the architecture from the checkpoint's config,
     else `name`, else train.model."""
-    blob = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    blob = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain values only
     if isinstance(blob, dict) and "config" in blob and "model" in blob.get("config", {}):
         name = name or blob["config"]["model"]
     return Embedder(checkpoint, name or cfg["train"]["model"], device)
@@ -80,7 +80,8 @@ def zeroshot(emb: Embedder, image: np.ndarray) -> dict[str, float]:
     img = emb.images(image[None])[0]
     out = {}
     for o in OBSERVATIONS:
-        logits = emb.scale * np.array([img @ emb.ensemble(POSITIVE, o.lower()), img @ emb.ensemble(NEGATIVE, o.lower())])
+        name = o.lower()
+        logits = emb.scale * np.array([img @ emb.ensemble(POSITIVE, name), img @ emb.ensemble(NEGATIVE, name)])
         out[o] = float(1.0 / (1.0 + np.exp(logits[1] - logits[0])))
     return out
 

@@ -91,8 +91,9 @@ def box_weights(boxes: torch.Tensor, grid: int, size: int) -> torch.Tensor:
     edges = torch.arange(grid + 1, dtype=torch.float32, device=boxes.device) * (size / grid)
     b = boxes.float()
 
-    def overlap(lo, hi):  # (R, grid)
-        return (torch.minimum(hi[:, None], edges[None, 1:]) - torch.maximum(lo[:, None], edges[None, :-1])).clamp(min=0)
+    def overlap(lo, hi):  # (R, grid): length of [lo, hi] inside each patch
+        inside = torch.minimum(hi[:, None], edges[None, 1:]) - torch.maximum(lo[:, None], edges[None, :-1])
+        return inside.clamp(min=0)
 
     w = (overlap(b[:, 1], b[:, 3])[:, :, None] * overlap(b[:, 0], b[:, 2])[:, None, :]).reshape(len(b), -1)
     return w / w.sum(1, keepdim=True).clamp(min=1e-6)

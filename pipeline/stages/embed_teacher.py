@@ -71,7 +71,8 @@ def run(normalized: str | Path, cropped: str | Path, reports: str | Path, weight
     phrases = [p for ps in per_image for p in ps]
     roi_image = np.repeat(np.arange(len(ids)), np.diff(roi_offsets))
     emb = {"image": models.embed_images(model, images), "report": models.embed_texts(model, cfg["model"], texts),
-           "roi": models.embed_rois(model, images, roi_image, roi_boxes), "phrase": models.embed_texts(model, cfg["model"], phrases)}
+           "roi": models.embed_rois(model, images, roi_image, roi_boxes),
+           "phrase": models.embed_texts(model, cfg["model"], phrases)}
     emb = {k: v.astype(np.float16) for k, v in emb.items()}
     upstream = {"crop": sha256_file(cropped), "reports": sha256_file(reports), "teacher": attrs["teacher_sha256"]}
     with ShardWriter(out, stage=STAGE, stage_version=STAGE_VERSIONS[STAGE], config=cfg, image_id=ids,

@@ -1,8 +1,8 @@
 """train: the region-aware student, from the cached shards only (the teacher is never loaded here).
 
 A run is described by a spec (written by the rule as `results/train/<run>/spec.json`): the shard lists of
-model_inputs, normalize, crop, reports and embed, the concept file, the teacher weights (to start from when train.init is
-teacher) and the run's train section. `python -m pipeline train --spec SPEC` runs it, which is what torchrun
+model_inputs, normalize, crop, reports and embed, the concept file, the teacher weights (to start from when
+train.init is teacher) and the run's train section. `python -m pipeline train --spec SPEC` runs it, which is what torchrun
 starts in each process when train.nproc_per_node > 1.
 
 Outputs in the run folder: model.pt (loads with open_clip.create_model(train.model, pretrained=...)),
@@ -54,7 +54,8 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
                  truth["judged"], truth["accuracy"])
     init = spec["teacher"] if cfg["init"] == "teacher" else None
     # a checkpoint resumes only under the same config and the same input shards and teacher
-    files = [f for k in ("inputs", "normalized", "crops", "reports", "embed") for f in inputs[k]] + [inputs["concepts"]]
+    stages = ("inputs", "normalized", "crops", "reports", "embed")
+    files = [f for k in stages for f in inputs[k]] + [inputs["concepts"]]
     cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else []))}
     result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after)
     if "stopped_at" in result or not rank0:
