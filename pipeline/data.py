@@ -4,9 +4,8 @@
 paired with finding phrases, their hard negatives, the teacher's ROI and concept embeddings) read the shards of the
 chosen splits into memory once, images at the model's input size as uint8 (1 byte a pixel: about 3.5 GB for
 MIMIC-CXR's 377k images at 96 px, 19 GB at 224 px). The student's images come from the model_inputs shards, already
-at its size and uncompressed; its ROI embeddings are pooled from the same forward pass (models.encode_image_and_rois).
-Nothing is decoded from PNG and no
-teacher is run.
+at its size and uncompressed; its ROI embeddings are pooled from the same forward pass
+(models.encode_image_and_rois). Nothing is decoded from PNG and no teacher is run.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """One radiograph from the command line: `python -m pipeline zeroshot` and `python -m pipeline ground`.
 
 The file (DICOM, PNG or JPEG) goes through the workflow's own code with the workflow's config, nothing cached:
-normalize (`normalize.normalize_file`: VOI LUT, MONOCHROME1, letterbox), the U-Net (`segment.predict`,
-`clean_lungs`, `quality`: an image without lungs falls back to the prior boxes like the crop stage), the ROI
-boxes (`crop.image_rois` + `pad_box`), and the model's ROI embeddings (`models.embed_rois`). Then
+normalize (`normalize.normalize_file`: VOI LUT, MONOCHROME1, letterbox), the U-Net (`segment.segment`: an image without
+lungs falls back to the prior boxes like the crop stage), the ROI
+boxes (`crop.padded_rois`), and the model's ROI embeddings (`models.embed_images_and_rois`). Then
 
     zeroshot   the 14 observation probabilities: softmax over a positive and a negative prompt ensemble
                (the same prompts and rule as evaluate's zero-shot AUROC);
@@ -24,14 +24,14 @@ import torch
 
 from . import config as config_mod
 from .labels import OBSERVATIONS
-from .stages.crop import image_rois, pad_box
-from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map
+from .stages.crop import padded_rois
+from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map, roi_weights
 from .stages.normalize import as_uint8, normalize_file, to_original
-from .stages.segment import clean_lungs, load_unet, predict, quality
+from .stages.segment import load_unet, segment
 
 
 @dataclass
-class Radiograph:
+class PreparedImage:
     image: np.ndarray  # (S, S) uint8, normalized and letterboxed
     boxes: np.ndarray  # (R, 4) padded ROI boxes in the normalized image's pixels
     labels: list[str]  # one per box: "image", "right lung", "left lower zone", "lesion (left)", ...
@@ -52,18 +52,16 @@ def segmenter_path(cfg: dict) -> Path:
     return Path(cfg["segment"]["weights"] or "results/segmenter/unet.pt")
 
 
-def prepare(path: str | Path, cfg: dict, segmenter: str | Path) -> Radiograph:
+def prepare(path: str | Path, cfg: dict, segmenter: str | Path) -> PreparedImage:
     """One file through normalize, segment and crop as the workflow does (stages.*). Raises normalize.Rejected."""
-    image, transform, rad = normalize_file(path, cfg["normalize"])
+    image, transform, source = normalize_file(path, cfg["normalize"])
     image = as_uint8(image[None])[0]
-    seg = cfg["segment"]
-    masks = clean_lungs(predict(load_unet(segmenter, seg), image[None], seg["input_size"], seg["threshold"]))
-    no_lungs = bool(quality(masks, seg["min_lung_fraction"])["no_lungs"][0])
-    rois = image_rois(masks[0, 0], masks[0, 1], masks[0, 2], no_lungs, transform, np.array(rad.pixels.shape),
-                      cfg["crop"])
-    boxes = np.array([pad_box(r.box, image.shape[-1], 0.0 if r.kind == "image" else cfg["crop"]["pad"],
-                              cfg["crop"]["min_size"]) for r in rois], np.float64).reshape(-1, 4)
-    return Radiograph(image, boxes, [_label(r.kind, r.laterality, r.zone) for r in rois], transform, no_lungs)
+    masks, q = segment(load_unet(segmenter, cfg["segment"]), image[None], cfg["segment"])
+    no_lungs = bool(q["no_lungs"][0])
+    rois = padded_rois(masks[0, 0], masks[0, 1], masks[0, 2], no_lungs, transform, np.array(source.pixels.shape),
+                       image.shape[-1], cfg["crop"])
+    boxes = np.array([r.box for r in rois], np.float64).reshape(-1, 4)
+    return PreparedImage(image, boxes, [_label(r.kind, r.laterality, r.zone) for r in rois], transform, no_lungs)
 
 
 def load_model(checkpoint: str | Path, name: str | None, cfg: dict, device: torch.device) -> Embedder:
@@ -86,19 +84,19 @@ def zeroshot(emb: Embedder, image: np.ndarray) -> dict[str, float]:
     return out
 
 
-def ground(emb: Embedder, rad: Radiograph, phrase: str) -> tuple[np.ndarray, np.ndarray]:
+def ground(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[np.ndarray, np.ndarray]:
     """(heat map (S, S) in [0, 1], each ROI's softmax weight) for `phrase`; the whole-image box is left out
     (it contains every finding), unless no other ROI exists."""
     keep = np.array([lab != "image" for lab in rad.labels]) if len(rad.labels) > 1 else np.ones(1, bool)
     size = rad.image.shape[-1]
-    scores = emb.rois(rad.image[None], np.zeros(int(keep.sum()), np.int64), rad.boxes[keep]) @ emb.texts([phrase])[0]
+    _, rois = emb.images_and_rois(rad.image[None], np.zeros(int(keep.sum()), np.int64), rad.boxes[keep])
+    scores = rois @ emb.texts([phrase])[0]
     weights = np.zeros(len(rad.labels))
-    w = np.exp(emb.scale * (scores - scores.max()))
-    weights[keep] = w / w.sum()
+    weights[keep] = roi_weights(scores, emb.scale)
     return heat_map(scores, rad.boxes[keep], size, emb.scale), weights
 
 
-def draw(rad: Radiograph, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path) -> Path:
+def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

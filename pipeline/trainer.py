@@ -132,9 +132,9 @@ class RegionBatches:
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
         d, cfg = self.data, self.cfg
         flip = self.flips(idx, step)
-        pairs = np.concatenate([self.pairs_of[i] for i in idx]) if len(idx) else np.zeros(0, np.int64)
-        pair_flip = np.concatenate([np.full(len(self.pairs_of[i]), f) for i, f in zip(idx, flip)]) if len(idx) \
-            else np.zeros(0, bool)
+        counts = [len(self.pairs_of[i]) for i in idx]
+        pairs = np.concatenate([self.pairs_of[i] for i in idx] + [np.zeros(0, np.int64)])
+        pair_flip, roi_image = np.repeat(flip, counts), np.repeat(np.arange(len(idx)), counts)
         report = torch.stack([self.tokens[bool(f)]["report"][i] for i, f in zip(idx, flip)])
         batch = {"image": _pixels(d.images[idx], flip), "report": _trim(report)}
         if len(pairs) == 0:
@@ -152,9 +152,7 @@ class RegionBatches:
         box = d.pair_box[pairs].copy()  # a flipped image's boxes are mirrored with it
         box[pair_flip] = np.stack([size - box[pair_flip, 2], box[pair_flip, 1], size - box[pair_flip, 0],
                                    box[pair_flip, 3]], 1)
-        where = {int(i): k for k, i in enumerate(idx)}  # the pair's image within this batch
-        batch.update(roi_image=torch.tensor([where[int(i)] for i in d.pair_image[pairs]], dtype=torch.long),
-                     roi_box=torch.from_numpy(box), short=short, n_pairs=torch.tensor(r),
+        batch.update(roi_image=torch.from_numpy(roi_image), roi_box=torch.from_numpy(box), short=short,
                      negative_mask=self.negative_mask[pairs], teacher_logits=teacher)
         return batch
 
@@ -293,5 +291,5 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
 def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads: int = 1,
                stop_after: int | None = None) -> dict:
     """The teacher: an image <-> report CLIP trained from scratch with L_global alone."""
-    return fit(GlobalBatches(pairs, cfg["model"], models.input_size(cfg["model"])), {**cfg, "alpha": 1.0}, out_dir, threads,
-               stop_after=stop_after)
+    batches = GlobalBatches(pairs, cfg["model"], models.input_size(cfg["model"]))
+    return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after)

@@ -124,23 +124,23 @@ def encode_image_and_rois(model: torch.nn.Module, pixels: torch.Tensor, roi_imag
 
 
 @torch.no_grad()
-def embed_rois(model: torch.nn.Module, images: np.ndarray, roi_image: np.ndarray, boxes: np.ndarray,
-               batch_size: int = 64) -> np.ndarray:
-    """ROI embeddings (R, D) float32 of `images` (N, S, S) uint8; roi_image (R,) index into images, boxes (R, 4) in
-    the images' pixels."""
+def embed_images_and_rois(model: torch.nn.Module, images: np.ndarray, roi_image: np.ndarray, boxes: np.ndarray,
+                          batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) image and (R, D) ROI embeddings, float32 L2-normalised, from one pass over `images` (N, S, S) uint8;
+    roi_image (R,) index into images, boxes (R, 4) in the images' pixels."""
     size, device = image_size(model), next(model.parameters()).device
     roi_image, boxes = np.asarray(roi_image, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4)
-    out = np.zeros((len(roi_image), model.text_projection.shape[-1]), np.float32)
+    dim = model.text_projection.shape[-1]
+    image_out, roi_out = np.zeros((len(images), dim), np.float32), np.zeros((len(roi_image), dim), np.float32)
     scale = size / images.shape[-1] if len(images) else 1.0
     for start in range(0, len(images), batch_size):
         sel = np.flatnonzero((roi_image >= start) & (roi_image < start + batch_size))
-        if len(sel) == 0:
-            continue
         pixels = to_model_input(images[start : start + batch_size], size).to(device)
-        _, roi = encode_image_and_rois(model, pixels, torch.from_numpy(roi_image[sel] - start).to(device),
-                                       torch.from_numpy(boxes[sel] * scale).to(device))
-        out[sel] = roi.float().cpu().numpy()
-    return out
+        image, roi = encode_image_and_rois(model, pixels, torch.from_numpy(roi_image[sel] - start).to(device),
+                                           torch.from_numpy(boxes[sel] * scale).to(device))
+        image_out[start : start + len(pixels)] = image.float().cpu().numpy()
+        roi_out[sel] = roi.float().cpu().numpy()
+    return image_out, roi_out
 
 
 @torch.no_grad()

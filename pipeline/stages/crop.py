@@ -139,6 +139,16 @@ def pad_box(box, size: int, pad: float, min_size: int) -> tuple[float, float, fl
     return x0, y0, x1, y1
 
 
+def padded_rois(right: np.ndarray, left: np.ndarray, lesion: np.ndarray, no_lungs: bool, transform: np.ndarray,
+                original_size: np.ndarray, size: int, cfg: dict) -> list[Roi]:
+    """All ROIs of one image with the boxes the stage stores: padded, grown to min_size, inside the image (the
+    whole-image ROI unpadded)."""
+    rois = image_rois(right, left, lesion, no_lungs, transform, original_size, cfg)
+    for r in rois:
+        r.box = pad_box(r.box, size, 0.0 if r.kind == "image" else cfg["pad"], cfg["min_size"])
+    return rois
+
+
 def crop_resize(image: np.ndarray, boxes: np.ndarray, roi_size: int) -> np.ndarray:
     """Bilinear crops (M, R, R) uint8 of `image` (S, S) at float boxes (M, 4), via grid sampling."""
     if len(boxes) == 0:
@@ -167,9 +177,7 @@ def run(normalized: str | Path, segmented: str | Path, out: str | Path, cfg: dic
     size = images.shape[-1] if len(images) else 0
     per_image, crops, boxes, original = [], [], [np.zeros((0, 4))], [np.zeros((0, 4))]
     for i in range(len(ids)):
-        rois = image_rois(right[i], left[i], lesion[i], bool(no_lungs[i]), transforms[i], sizes[i], cfg)
-        for r in rois:
-            r.box = pad_box(r.box, size, 0.0 if r.kind == "image" else cfg["pad"], cfg["min_size"])
+        rois = padded_rois(right[i], left[i], lesion[i], bool(no_lungs[i]), transforms[i], sizes[i], size, cfg)
         b = np.array([r.box for r in rois], np.float64).reshape(-1, 4)
         per_image.append(rois)
         crops.append(crop_resize(images[i], b, cfg["roi_size"]))

@@ -2,7 +2,7 @@
 
 Per shard (rows follow the normalize / crop shard, reports joined by image_id):
     image_embedding (N, D), report_embedding (N, D)         float16, L2-normalised
-    rois/roi_embedding (R, D)                               the crop shard's ROIs (models.embed_rois), same offsets
+    rois/roi_embedding (R, D)                               the crop shard's ROIs (models.embed_images_and_rois), same offsets
     phrases/phrase_embedding (P, D)                         each image's parsed phrases, in the report shard's order
 `results/embed/concepts.h5` holds the concept pool (pipeline.concepts) and its embeddings. Every file carries the
 teacher weights' SHA-256, model name and logit scale, so a student trained on it can say which teacher it learnt from.
@@ -35,7 +35,7 @@ def load_teacher(weights: str | Path, name: str, threads: int = 1) -> tuple[torc
     if torch.cuda.is_available():
         model = model.cuda()
     attrs = {"teacher_model": name, "teacher_sha256": sha256_file(weights),
-             "logit_scale": float(model.logit_scale.exp().clamp(max=100))}
+             "logit_scale": float(model.logit_scale.detach().exp().clamp(max=100))}
     return model, attrs
 
 
@@ -70,8 +70,8 @@ def run(normalized: str | Path, cropped: str | Path, reports: str | Path, weight
         per_image = [p_text[p_off[row[i]] : p_off[row[i] + 1]] for i in ids]
     phrases = [p for ps in per_image for p in ps]
     roi_image = np.repeat(np.arange(len(ids)), np.diff(roi_offsets))
-    emb = {"image": models.embed_images(model, images), "report": models.embed_texts(model, cfg["model"], texts),
-           "roi": models.embed_rois(model, images, roi_image, roi_boxes),
+    image_emb, roi_emb = models.embed_images_and_rois(model, images, roi_image, roi_boxes)
+    emb = {"image": image_emb, "report": models.embed_texts(model, cfg["model"], texts), "roi": roi_emb,
            "phrase": models.embed_texts(model, cfg["model"], phrases)}
     emb = {k: v.astype(np.float16) for k, v in emb.items()}
     upstream = {"crop": sha256_file(cropped), "reports": sha256_file(reports), "teacher": attrs["teacher_sha256"]}

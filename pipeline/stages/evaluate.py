@@ -184,8 +184,9 @@ class Embedder:
     def images(self, images: np.ndarray) -> np.ndarray:
         return models.embed_images(self.model, images)
 
-    def rois(self, images: np.ndarray, owner: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-        return models.embed_rois(self.model, images, owner, boxes)
+    def images_and_rois(self, images: np.ndarray, owner: np.ndarray, boxes: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+        return models.embed_images_and_rois(self.model, images, owner, boxes)
 
     def texts(self, texts: list[str]) -> np.ndarray:
         new = sorted({t for t in texts if t not in self._cache})
@@ -198,10 +199,15 @@ class Embedder:
         return e / np.linalg.norm(e)
 
 
+def roi_weights(scores: np.ndarray, scale: float) -> np.ndarray:
+    """Softmax of one phrase's similarities over an image's ROIs."""
+    w = np.exp(scale * (scores - scores.max()))
+    return w / w.sum()
+
+
 def heat_map(scores: np.ndarray, boxes: np.ndarray, size: int, scale: float) -> np.ndarray:
     """Each ROI box painted with its softmax weight among the image's ROIs; a pixel keeps its highest weight."""
-    w = np.exp(scale * (scores - scores.max()))
-    w = w / w.sum()
+    w = roi_weights(scores, scale)
     heat = np.zeros((size, size), np.float32)
     for weight, (x0, y0, x1, y1) in sorted(zip(w, boxes), key=lambda t: t[0]):
         ys, xs = slice(max(0, int(y0)), max(0, int(np.ceil(y1)))), slice(max(0, int(x0)), max(0, int(np.ceil(x1))))
@@ -239,7 +245,7 @@ def evaluate_model(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndar
                    rounds: int, seed: int) -> tuple[dict, dict]:
     """All figures of one model -> ({metric: figure}, {curves for the plots})."""
     figures, curves = {}, {"roc": {}}
-    img = emb.images(test.images)
+    img, roi = emb.images_and_rois(test.images, test.roi_owner, test.roi_box)
     # zero-shot
     pos = np.stack([emb.ensemble(POSITIVE, o.lower()) for o in OBSERVATIONS])
     neg = np.stack([emb.ensemble(NEGATIVE, o.lower()) for o in OBSERVATIONS])
@@ -274,7 +280,6 @@ def evaluate_model(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndar
     # regions
     pairs = test.pairs
     if pairs:
-        roi = emb.rois(test.images, test.roi_owner, test.roi_box)
         texts = [p["text"] for p in pairs]
         pool = sorted(set(texts))
         pool_emb = emb.texts(pool)

@@ -93,16 +93,21 @@ def quality(masks: np.ndarray, min_lung_fraction: float) -> dict[str, np.ndarray
             "lesion_area": masks[:, 2].reshape(n, -1).sum(1).astype(np.int32), "no_lungs": no_lungs}
 
 
+def segment(model: torch.nn.Module, images: np.ndarray, cfg: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """uint8 images (N, S, S) -> cleaned masks (N, 3, S, S) bool and their quality columns (the stage's work,
+    also what `python -m pipeline ground` runs on one file)."""
+    masks = predict(model, images, cfg["input_size"], cfg["threshold"]) if len(images) else \
+        np.zeros((0, len(CLASSES), *images.shape[1:]), bool)
+    return masks, quality(clean_lungs(masks), cfg["min_lung_fraction"])
+
+
 def run(normalized: str | Path, weights: str | Path, out: str | Path, cfg: dict, threads: int = 1) -> dict:
     torch.set_num_threads(usable_threads(threads))
     model = load_unet(weights, cfg)
     with Shard(normalized) as s:
         images = s.f["image"][()]
         ids = s.image_ids
-    images = as_uint8(images)
-    masks = predict(model, images, cfg["input_size"], cfg["threshold"]) if len(images) else \
-        np.zeros((0, len(CLASSES), *images.shape[1:]), bool)
-    q = quality(clean_lungs(masks), cfg["min_lung_fraction"])
+    masks, q = segment(model, as_uint8(images), cfg)
     with ShardWriter(out, stage=STAGE, stage_version=STAGE_VERSIONS[STAGE], config=cfg, image_id=ids,
                      upstream={"normalize": sha256_file(normalized)},
                      attrs={"weights_sha256": sha256_file(weights), "classes": list(CLASSES)}) as w:

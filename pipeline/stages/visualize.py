@@ -35,7 +35,7 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     heats = {}
     for name, weights in checkpoints.items():
         emb = Embedder(weights, model_names[name], device)
-        roi = emb.rois(test.images, test.roi_owner, test.roi_box)
+        _, roi = emb.images_and_rois(test.images, test.roi_owner, test.roi_box)
         for k, p in enumerate(cases):
             rois = test.roi_of[p["image"]]
             heats[name, k] = heat_map(roi[rois] @ emb.texts([p["text"]])[0], test.roi_box[rois],
