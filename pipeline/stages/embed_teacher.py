@@ -2,7 +2,7 @@
 
 Per shard (rows follow the normalize / crop shard, reports joined by image_id):
     image_embedding (N, D), report_embedding (N, D)         float16, L2-normalised
-    rois/roi_embedding (R, D)                               the crop shard's ROIs (models.embed_images_and_rois), same offsets
+    rois/roi_embedding (R, D)                               the crop shard's ROIs (pooled, same offsets)
     phrases/phrase_embedding (P, D)                         each image's parsed phrases, in the report shard's order
 `results/embed/concepts.h5` holds the concept pool (pipeline.concepts) and its embeddings. Every file carries the
 teacher weights' SHA-256, model name and logit scale, so a student trained on it can say which teacher it learnt from.

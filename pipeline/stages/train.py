@@ -2,8 +2,8 @@
 
 A run is described by a spec (written by the rule as `results/train/<run>/spec.json`): the shard lists of
 model_inputs, normalize, crop, reports and embed, the concept file, the teacher weights (to start from when
-train.init is teacher) and the run's train section. `python -m pipeline train --spec SPEC` runs it, which is what torchrun
-starts in each process when train.nproc_per_node > 1.
+train.init is teacher) and the run's train section. `python -m pipeline train --spec SPEC` runs it, which is
+what torchrun starts in each process when train.nproc_per_node > 1.
 
 Outputs in the run folder: model.pt (loads with open_clip.create_model(train.model, pretrained=...)),
 metrics.jsonl (every loss term every step), checkpoints/last.pt, summary.json (data, pairing, time, teacher hash).
