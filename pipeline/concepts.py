@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .pairing import CANONICAL, caption
+from .vocab import REGIONAL, SIDES, caption
 
-SIDES = ("right", "left")
 PLACES = ("", "upper", "middle", "lower")  # "" = the whole lung
 
 
@@ -35,7 +34,7 @@ class ConceptPool:
 
 def concept_pool() -> ConceptPool:
     rows = []
-    for observation in CANONICAL:
+    for observation in REGIONAL:
         for side in SIDES:
             for zone in PLACES:
                 text = caption(observation, side, zone)

@@ -99,7 +99,7 @@ def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str =
                      max_pairs_per_image: int = 4) -> RegionData:
     """The student's training data, joined by image_id from one shard id each of: `inputs` (model_inputs, the
     images at `size`), `normalized` (the split), `crops`, `reports` and `embed`; plus the `concepts` file."""
-    from .pairing import negative_captions, pair_caption, pair_rois
+    from .pairing import negative_captions, pair_caption, pair_rois, stated_findings
 
     with Shard(shards["concepts"]) as c:
         table, attrs = c.table("concepts"), c.attrs
@@ -140,16 +140,16 @@ def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str =
                 out["images"].append(images[i])
                 out["reports"].append(text)
                 rois, ph = all_rois[i], all_phrases[j]
-                first_roi = int(roi_offsets[i])
+                stated, first_roi = stated_findings(ph), int(roi_offsets[i])
                 for pair in pair_rois(rois, ph, uncertain=uncertain)[:max_pairs_per_image]:
                     p = pair.phrase
                     unc = bool(ph["phrase_uncertain"][p])
                     obs, side, zone = ph["phrase_observation"][p], ph["phrase_laterality"][p], ph["phrase_zone"][p]
                     shard_rois.append(first_roi + pair.roi)
                     out["pair_image"].append(index)
-                    out["pair_text"].append(pair_caption(ph["phrase"][p], unc, uncertain))
+                    out["pair_text"].append(pair_caption(ph["phrase"][p], side, unc, uncertain))
                     out["pair_negatives"].append(negative_captions(ph["phrase"][p], obs, side, zone, unc, uncertain,
-                                                                   negatives))
+                                                                   negatives, stated))
                     out["pair_laterality"].append(rois["roi_laterality"][pair.roi])
                     out["pair_rule"].append(pair.rule)
             if shard_rois:

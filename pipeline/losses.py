@@ -11,6 +11,13 @@ slides' literal form.
     L_neg     = -log exp(s(z_r^i, z_t^i)/tau) / (exp(s(z_r^i, z_t^i)/tau) + sum_k exp(s(z_r^i, z_neg^ik)/tau))
     L_distill = KL(p_teacher(T | ROI_i) || p_student(T | ROI_i)),  p(T | r) = softmax_T(s(z_r, z_T) / tau)
     L_total   = alpha L_global + beta L_ROI + gamma L_neg + lambda L_distill
+
+Duplicate-aware (train.dedupe, default on): texts that are the same caption (equal `groups` ids, made from
+vocab.normalize_text) are not negatives of each other in L_global and L_ROI: j != i with group j == group i is
+left out of the denominator (masked), so two reports "No acute cardiopulmonary process." in a batch, a
+bilateral phrase paired with both lungs, or one template caption on several images no longer push each other
+apart. With no duplicates in the batch the masked loss equals the slides' formula exactly; `groups=None` is the
+slides' literal form.
 """
 
 from __future__ import annotations
@@ -24,10 +31,21 @@ def _reduce(per_item: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_item.sum() if reduction == "sum" else per_item.mean()
 
 
+def mask_duplicates(logits: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """logits (N, N) with the off-diagonal cells of equal groups (N,) set to -inf: a duplicate of the positive is
+    neither positive nor negative."""
+    if groups is None:
+        return logits
+    same = groups[:, None] == groups[None, :]
+    same.fill_diagonal_(False)
+    return logits.masked_fill(same, float("-inf"))
+
+
 def global_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, symmetric: bool = True,
-                reduction: str = "mean") -> torch.Tensor:
-    """InfoNCE between images (B, D) and their reports (B, D); row i of each is a pair."""
-    logits = logit_scale * image @ text.T  # (B, B)
+                reduction: str = "mean", groups: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE between images (B, D) and their reports (B, D); row i of each is a pair. groups (B,): reports with
+    equal ids are duplicates (masked, see mask_duplicates)."""
+    logits = mask_duplicates(logit_scale * image @ text.T, groups)  # (B, B)
     labels = torch.arange(len(image), device=image.device)
     image_to_text = F.cross_entropy(logits, labels, reduction="none")
     if not symmetric:
@@ -35,12 +53,13 @@ def global_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tens
     return _reduce((image_to_text + F.cross_entropy(logits.T, labels, reduction="none")) / 2, reduction)
 
 
-def roi_loss(roi: torch.Tensor, phrase: torch.Tensor, logit_scale: torch.Tensor, reduction: str = "mean"
-             ) -> torch.Tensor:
-    """InfoNCE of each ROI (R, D) against the phrases (R, D) of all the batch's ROIs; row i is its own phrase."""
+def roi_loss(roi: torch.Tensor, phrase: torch.Tensor, logit_scale: torch.Tensor, reduction: str = "mean",
+             groups: torch.Tensor | None = None) -> torch.Tensor:
+    """InfoNCE of each ROI (R, D) against the phrases (R, D) of all the batch's ROIs; row i is its own phrase.
+    groups (R,): phrases with equal ids are duplicates (masked)."""
     if len(roi) == 0:
         return roi.sum() * 0.0
-    logits = logit_scale * roi @ phrase.T  # (R, R)
+    logits = mask_duplicates(logit_scale * roi @ phrase.T, groups)  # (R, R)
     return F.cross_entropy(logits, torch.arange(len(roi), device=roi.device), reduction=reduction)
 
 
@@ -87,12 +106,14 @@ class RegionAwareLoss(nn.Module):
 
     def forward(self, image_features, text_features, logit_scale, roi_features=None, phrase_features=None,
                 negative_features=None, negative_mask=None, concept_features=None, dist_roi_features=None,
-                dist_concept_features=None, dist_logit_scale=None, teacher_logits=None) -> dict[str, torch.Tensor]:
+                dist_concept_features=None, dist_logit_scale=None, teacher_logits=None, report_groups=None,
+                phrase_groups=None) -> dict[str, torch.Tensor]:
         r = self.reduction
         zero = image_features.sum() * 0.0
-        terms = {"global_loss": global_loss(image_features, text_features, logit_scale, self.symmetric, r)}
+        terms = {"global_loss": global_loss(image_features, text_features, logit_scale, self.symmetric, r,
+                                            report_groups)}
         have_rois = roi_features is not None and phrase_features is not None
-        terms["roi_loss"] = roi_loss(roi_features, phrase_features, logit_scale, r) if have_rois else zero
+        terms["roi_loss"] = roi_loss(roi_features, phrase_features, logit_scale, r, phrase_groups) if have_rois else zero
         terms["neg_loss"] = (negative_caption_loss(roi_features, phrase_features, negative_features, negative_mask,
                                                    logit_scale, r)
                              if have_rois and negative_features is not None else zero)

@@ -9,7 +9,7 @@ Pairing, for each present (or, if allowed, uncertain) phrase of a regional obser
 A phrase with no side ("mild pulmonary edema") is not paired: it still teaches through the report.
 
 Hard negatives of a phrase (the L_neg captions): its negation, the other side, its uncertain form, and other
-findings at the same place. `swap_sides` turns left into right in any text, for side-aware flips.
+findings at the same place. Sides, zones, captions and the mirror of a text come from `pipeline/vocab.py`.
 """
 
 from __future__ import annotations
@@ -18,13 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# observations that sit in a lung region; the others (heart, mediastinum, devices, bones) stay global
-REGIONAL = {"Atelectasis", "Consolidation", "Edema", "Lung Lesion", "Lung Opacity", "Pleural Effusion",
-            "Pleural Other", "Pneumonia", "Pneumothorax"}
-CANONICAL = {"Atelectasis": "atelectasis", "Consolidation": "consolidation", "Edema": "pulmonary edema",
-             "Lung Lesion": "nodule", "Lung Opacity": "opacity", "Pleural Effusion": "pleural effusion",
-             "Pleural Other": "pleural thickening", "Pneumonia": "pneumonia", "Pneumothorax": "pneumothorax"}
-ZONE_WORDS = {"upper": "upper zone", "middle": "mid zone", "lower": "lower zone"}
+from .vocab import REGIONAL, caption, normalize_text, other_side, spell_side
 
 
 @dataclass
@@ -62,66 +56,47 @@ def pair_rois(rois: dict[str, list], phrases: dict[str, list], uncertain: str = 
     return pairs
 
 
-_SIDE = re.compile(r"\b(right middle lobe|lingula|left|right|rul|lul|rll|lll)\b", re.I)
-_SWAP = {"left": "right", "right": "left", "rul": "lul", "lul": "rul", "rll": "lll", "lll": "rll",
-         "lingula": "right middle lobe", "right middle lobe": "lingula"}
-
-
-def swap_sides(text: str) -> str:
-    """Left <-> right in any text, keeping case ("Left" -> "Right", "RLL" -> "LLL"); the lingula (left only)
-    becomes the right middle lobe and back."""
-    def repl(m: re.Match) -> str:
-        word = m.group(0)
-        new = _SWAP[word.lower()]
-        if word.isupper() and len(word) == 3:  # RLL -> LLL
-            return new.upper()
-        return new[:1].upper() + new[1:] if word[0].isupper() else new
-
-    return _SIDE.sub(repl, text)
-
-
-def caption(observation: str, side: str, zone: str) -> str:
-    """A plain caption from attributes: "pleural effusion in the left lower zone", "edema in both lungs"."""
-    name = CANONICAL.get(observation, observation.lower())
-    if side == "bilateral":
-        return f"{name} in both {ZONE_WORDS[zone]}s" if zone in ZONE_WORDS else f"{name} in both lungs"
-    place = " ".join(filter(None, (side, ZONE_WORDS.get(zone, "") or ("lung" if side else ""))))
-    return f"{name} in the {place}" if place else name
-
-
-def hard_negatives(phrase: str, observation: str, side: str, zone: str, others: int = 2) -> dict[str, list[str]]:
-    """Negative captions for one present phrase, by kind: negated, side, uncertain, other finding."""
-    out = {"negated": [f"no {phrase}"], "uncertain": [f"possible {phrase}"], "side": [], "other_finding": []}
-    if side in ("left", "right"):
-        out["side"].append(swap_sides(phrase))
-    for obs in [o for o in CANONICAL if o != observation][:others]:
-        out["other_finding"].append(caption(obs, side, zone))
-    return out
-
-
 _HEDGE = re.compile(r"\b(possible|possibly|probable|probably|likely|may|might|suspected|suspicious|questionable|"
                     r"cannot be excluded|could)\b", re.I)
 
 
-def pair_caption(phrase: str, uncertain: bool, mode: str) -> str:
-    """The text a paired ROI is pulled towards: the phrase, or in mode "own" a hedged phrase kept hedged."""
-    if uncertain and mode == "own" and not _HEDGE.search(phrase):
-        return f"possible {phrase}"
-    return phrase
+def pair_caption(phrase: str, side: str, uncertain: bool, mode: str) -> str:
+    """The text a paired ROI is pulled towards: the phrase with its side in its own words (vocab.spell_side), in
+    mode "own" a hedged phrase kept hedged."""
+    text = spell_side(phrase, side)
+    if uncertain and mode == "own" and not _HEDGE.search(text):
+        return f"possible {text}"
+    return text
+
+
+def stated_findings(phrases: dict[str, list]) -> set[tuple[str, str]]:
+    """(observation, side) of every phrase a report states as present or possible; side "" when it names none."""
+    return {(o, s) for o, n, s in zip(phrases["phrase_observation"], phrases["phrase_negated"],
+                                      phrases["phrase_laterality"]) if not n}
 
 
 def negative_captions(phrase: str, observation: str, side: str, zone: str, uncertain: bool, mode: str,
-                      k: int = 4) -> list[str]:
-    """The k hard negatives of one paired phrase for L_neg, in a fixed order: negation, other side, the
-    uncertainty counterpart (mode "own" only: the hedged form of a certain phrase, the certain form of a hedged
-    one), then other findings at the same place. Fewer than k only when the pool runs out."""
-    base = _HEDGE.sub("", phrase).strip() if uncertain else phrase
-    base = " ".join(base.split()) or phrase
-    neg = hard_negatives(base, observation, side, zone, others=k)
-    out = neg["negated"] + [pair_caption(s, uncertain, mode) for s in neg["side"]]
+                      k: int = 4, stated: set[tuple[str, str]] = frozenset()) -> list[str]:
+    """The k hard negatives of one paired phrase for L_neg, in a fixed order: its negation, the other side (from the
+    parsed side, vocab.other_side), the uncertainty counterpart (mode "own" only: the hedged form of a certain
+    phrase, the certain form of a hedged one), then other findings at the same place that the report does not
+    state there (`stated`: see stated_findings; a finding stated without a side counts everywhere). A negative
+    equal to the positive after vocab.normalize_text is never returned. Fewer than k when the pool runs out."""
+    base = " ".join((_HEDGE.sub("", phrase) if uncertain else phrase).split()) or phrase
+    positive = pair_caption(phrase, side, uncertain, mode)
+    out = [f"no {spell_side(base, side)}"]
+    if side in ("left", "right"):
+        out.append(pair_caption(other_side(base, side), side, uncertain, mode))
     if mode == "own":
-        out.append(base if uncertain else neg["uncertain"][0])
-    return (out + neg["other_finding"])[:k]
+        out.append(spell_side(base, side) if uncertain else f"possible {spell_side(base, side)}")
+    here = {o for o, s in stated if s in (side, "bilateral", "") or side == "bilateral"}
+    out += [caption(o, side, zone) for o in REGIONAL if o != observation and o not in here]
+    seen, kept = {normalize_text(positive)}, []
+    for text in out:
+        if normalize_text(text) not in seen:
+            seen.add(normalize_text(text))
+            kept.append(text)
+    return kept[:k]
 
 
 def read_truth(truth_dir: str | Path) -> tuple[dict, dict]:

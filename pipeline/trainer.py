@@ -34,7 +34,7 @@ from .config import config_sha256
 from .data import ImageReportPairs, RegionData, resize
 from .io import atomic_path, usable_threads
 from .losses import RegionAwareLoss
-from .pairing import swap_sides
+from .vocab import mirror_text, normalize_text
 
 log = logging.getLogger("pipeline.trainer")
 SHORT_CONTEXT = 32  # finding phrases, hard negatives and concept prompts are far shorter than a report
@@ -75,25 +75,38 @@ def _pixels(images: np.ndarray, flip: np.ndarray) -> torch.Tensor:
     return models.to_model_input(x, x.shape[-1])
 
 
+def caption_groups(*variants: list[str]) -> list[torch.Tensor]:
+    """One int64 id per text of each list, equal for texts that are the same caption (vocab.normalize_text), the
+    same ids across the lists: what the duplicate-aware losses mask."""
+    ids: dict[str, int] = {}
+    return [torch.tensor([ids.setdefault(normalize_text(t), len(ids)) for t in texts], dtype=torch.long)
+            for texts in variants]
+
+
 class GlobalBatches:
     """Image <-> report batches (the teacher, the global baseline)."""
 
-    def __init__(self, pairs: ImageReportPairs, model_name: str, size: int):
+    def __init__(self, pairs: ImageReportPairs, model_name: str, size: int, dedupe: bool = True):
         self.images = resize(pairs.images, size)
         self.reports = models.tokenizer(model_name)(pairs.reports)
+        self.report_groups = caption_groups(pairs.reports)[0] if dedupe else None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
-        return {"image": _pixels(self.images[idx], np.zeros(len(idx), bool)), "report": _trim(self.reports[idx])}
+        batch = {"image": _pixels(self.images[idx], np.zeros(len(idx), bool)), "report": _trim(self.reports[idx])}
+        if self.report_groups is not None:
+            batch["report_groups"] = self.report_groups[idx]
+        return batch
 
 
 class RegionBatches:
     """Images, reports, and every paired ROI (its image in the batch and its box) of the batch's images with its
     phrase, hard negatives and the teacher's concept distribution. Side-aware flips: a flipped image's ROI boxes
     are mirrored with it, its texts have left and right swapped, and the teacher's concept distribution is
-    permuted by the concepts' mirror map."""
+    permuted by the concepts' mirror map. With cfg["dedupe"], each report and phrase carries the id of its caption
+    (mirrored texts have their own), for the duplicate-aware L_global and L_ROI."""
 
     def __init__(self, data: RegionData, model_name: str, cfg: dict):
         self.data, self.cfg = data, cfg
@@ -105,9 +118,14 @@ class RegionBatches:
                                           dtype=torch.bool).reshape(-1, k)
         flat_neg = [t for n in negatives for t in n]
         self.tokens = {False: self._tokenize(tok, texts, flat_neg, k)}
+        mirrored = {name: [mirror_text(t) for t in ts] for name, ts in texts.items()}
         if cfg["hflip"] > 0:  # the mirrored texts, tokenized once
-            swapped = {name: [swap_sides(t) for t in ts] for name, ts in texts.items()}
-            self.tokens[True] = self._tokenize(tok, swapped, [swap_sides(t) for t in flat_neg], k)
+            self.tokens[True] = self._tokenize(tok, mirrored, [mirror_text(t) for t in flat_neg], k)
+        self.groups = None
+        if cfg.get("dedupe", True):
+            names = list(texts)
+            ids = caption_groups(*[texts[n] for n in names], *[mirrored[n] for n in names])
+            self.groups = {False: dict(zip(names, ids[: len(names)])), True: dict(zip(names, ids[len(names) :]))}
         self.concepts = tok(data.concepts, context_length=SHORT_CONTEXT)
         logits = data.teacher_scale * data.teacher_roi @ data.teacher_concepts.T  # (M, T)
         self.teacher_logits = torch.from_numpy(logits.astype(np.float32))
@@ -137,6 +155,8 @@ class RegionBatches:
         pair_flip, roi_image = np.repeat(flip, counts), np.repeat(np.arange(len(idx)), counts)
         report = torch.stack([self.tokens[bool(f)]["report"][i] for i, f in zip(idx, flip)])
         batch = {"image": _pixels(d.images[idx], flip), "report": _trim(report)}
+        if self.groups is not None:
+            batch["report_groups"] = torch.stack([self.groups[bool(f)]["report"][i] for i, f in zip(idx, flip)])
         if len(pairs) == 0:
             return batch
         n_concepts = cfg["concepts_per_step"] or len(d.concepts)
@@ -154,6 +174,8 @@ class RegionBatches:
                                    box[pair_flip, 3]], 1)
         batch.update(roi_image=torch.from_numpy(roi_image), roi_box=torch.from_numpy(box), short=short,
                      negative_mask=self.negative_mask[pairs], teacher_logits=teacher)
+        if self.groups is not None:
+            batch["phrase_groups"] = torch.stack([self.groups[bool(f)]["pair"][p] for p, f in zip(pairs, pair_flip)])
         return batch
 
 
@@ -175,13 +197,14 @@ class CLIPTrainStep(nn.Module):
             image = clip.encode_image(batch["image"], normalize=True)
         report = models.encode_text(clip, batch["report"])
         scale = clip.logit_scale.exp()
+        groups = {k: batch[k] for k in ("report_groups", "phrase_groups") if k in batch}
         if not has_rois:
-            return self.loss(image, report, scale)
+            return self.loss(image, report, scale, **groups)
         r, k = batch["negative_mask"].shape
         short = models.encode_text(clip, batch["short"])
         phrase, negative, concepts = short[:r], short[r : r + r * k].reshape(r, k, -1), short[r + r * k :]
         return self.loss(image, report, scale, roi, phrase, negative, batch["negative_mask"], concepts,
-                         teacher_logits=batch["teacher_logits"])
+                         teacher_logits=batch["teacher_logits"], **groups)
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict) -> None:
@@ -291,5 +314,5 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
 def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads: int = 1,
                stop_after: int | None = None) -> dict:
     """The teacher: an image <-> report CLIP trained from scratch with L_global alone."""
-    batches = GlobalBatches(pairs, cfg["model"], models.input_size(cfg["model"]))
+    batches = GlobalBatches(pairs, cfg["model"], models.input_size(cfg["model"]), cfg.get("dedupe", True))
     return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after)

@@ -4,6 +4,8 @@ Written for chest radiograph reports (MIMIC-CXR / CheXpert style). Matching is o
 when two patterns overlap the longer one wins ("perihilar haziness" is Edema, not Lung Opacity).
 """
 
+from .. import vocab
+
 # CheXpert observation -> mentions. "No Finding" is derived, never matched.
 OBSERVATION_TERMS: dict[str, list[str]] = {
     "Atelectasis": [
@@ -153,24 +155,10 @@ UNCERTAINTY_CUES = {
     ],
 }
 
-LATERALITY = {
-    "left": "left", "right": "right", "bilateral": "bilateral", "bilaterally": "bilateral",
-    "bibasilar": "bilateral", "bibasal": "bilateral", "both": "bilateral", "b/l": "bilateral",
-    "biapical": "bilateral", "rul": "right", "rml": "right", "rll": "right", "lul": "left", "lll": "left",
-    "lingula": "left", "lingular": "left", "left-sided": "left", "right-sided": "right",
-}
-
-ZONES = {
-    "upper": "upper", "apical": "upper", "apex": "upper", "apices": "upper", "biapical": "upper",
-    "rul": "upper", "lul": "upper", "mid": "middle", "middle": "middle", "lingula": "middle",
-    "lingular": "middle", "perihilar": "middle", "hilar": "middle", "rml": "middle", "lower": "lower",
-    "basilar": "lower", "basal": "lower", "base": "lower", "bases": "lower", "bibasilar": "lower",
-    "bibasal": "lower", "retrocardiac": "lower", "costophrenic": "lower", "infrahilar": "lower",
-    "rll": "lower", "lll": "lower", "subpulmonic": "lower",
-}
-
-# where a finding sits when the report names no zone
-DEFAULT_ZONE = {"Pleural Effusion": "lower"}
+# sides, zones and lobes: the shared vocabulary (pipeline/vocab.py)
+LATERALITY = vocab.SIDE_WORDS
+ZONES = vocab.ZONE_WORDS
+DEFAULT_ZONE = vocab.DEFAULT_ZONE
 
 SIZES = {
     "trace": "small", "tiny": "small", "small": "small", "minimal": "small", "mild": "small", "mildly": "small",

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .. import labels
+from .. import labels, vocab
 from .anatomy import Finding
 
 LOBES = {
@@ -124,18 +124,13 @@ NORMAL = [
 ]
 
 
-STATED_SIDES = {"left": "left", "right": "right", "bilateral": "bilateral", "bibasilar": "bilateral", "ij": "right",
-                "lingula": "left"}
-STATED_ZONES = {"apex": "upper", "apical": "upper", "upper": "upper", "mid": "middle", "middle": "middle",
-                "lingula": "middle", "perihilar": "middle", "base": "lower", "basilar": "lower", "lower": "lower"}
-
-
 def _stated(text: str, kind: str) -> dict:
     """A phrase's side and zone are what its words say (the anatomy is in `region`); pleural fluid
     collects at the base, so an effusion is in the lower zone even when the text names no zone."""
     words = text.lower().replace(",", " ").split()
-    side = next((STATED_SIDES[w] for w in words if w in STATED_SIDES), "")
-    zone = next((STATED_ZONES[w] for w in words if w in STATED_ZONES), "lower" if kind == "pleural_effusion" else "")
+    side = next((vocab.SIDE_WORDS[w] for w in words if w in vocab.SIDE_WORDS), "")
+    zone = next((vocab.ZONE_WORDS[w] for w in words if w in vocab.ZONE_WORDS),
+                "lower" if kind == "pleural_effusion" else "")
     return {"laterality": side, "zone": zone}
 
 
