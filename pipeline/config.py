@@ -83,14 +83,40 @@ def validate(config: dict) -> dict:
                               f"({run['model']} != {cfg['teacher']['model']}); use init: scratch")
     if cfg["train"]["init"] == "teacher" and cfg["train"]["model"] != cfg["teacher"]["model"]:
         raise ConfigError("config key train.init: teacher needs train.model == teacher.model; use init: scratch")
+    for name in ("student", cfg["evaluate"]["control"]):
+        if name not in cfg["evaluate"]["runs"]:
+            raise ConfigError(f"config key evaluate.runs: the headline compares student with evaluate.control "
+                              f"({cfg['evaluate']['control']}); both must be runs, {name} is missing")
+    for name in cfg["evaluate"]["crop_baselines"]:
+        if name not in cfg["evaluate"]["runs"]:
+            raise ConfigError(f"config key evaluate.crop_baselines: {name} is not a run of evaluate.runs")
     return cfg
 
 
+def seeded_runs(cfg: dict) -> list[str]:
+    """Every run to train: evaluate.runs, plus `student@k` and `<control>@k` for the seeds k = 1 .. seeds - 1."""
+    ev = cfg["evaluate"]
+    extra = [f"{name}@{k}" for name in ("student", ev["control"]) for k in range(1, ev["seeds"])]
+    return list(ev["runs"]) + extra
+
+
+def seed_replicas(cfg: dict, name: str) -> list[str]:
+    """The runs that are `name` under each seed: [name, name@1, ...] for student and the control, else [name]."""
+    if name not in ("student", cfg["evaluate"]["control"]):
+        return [name]
+    return [name] + [f"{name}@{k}" for k in range(1, cfg["evaluate"]["seeds"])]
+
+
 def run_config(cfg: dict, name: str) -> dict:
-    """The train section of one run: train's values with the run's overrides from evaluate.runs (coerced)."""
+    """The train section of one run: train's values with the run's overrides from evaluate.runs (coerced);
+    `run@k` is run under the seed train.seed + k."""
     schema = load_schema()["properties"]["train"]
-    overrides = cfg["evaluate"]["runs"].get(name, {})
-    return {**cfg["train"], **_coerce(overrides, schema)}
+    base, _, k = name.partition("@")
+    overrides = cfg["evaluate"]["runs"].get(base, {})
+    run = {**cfg["train"], **_coerce(overrides, schema)}
+    if k:
+        run["seed"] = run["seed"] + int(k)
+    return run
 
 
 def load(path: str | Path | None = None, overrides: dict | None = None) -> dict:

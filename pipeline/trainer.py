@@ -190,7 +190,10 @@ class CLIPTrainStep(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         clip = self.clip
-        has_rois = "roi_box" in batch
+        # a run with the regional losses off (the global_only control) skips the ROI and short-text work: the
+        # same batches, flips and random streams, only the global loss
+        regional = any(self.loss.weights[k] > 0 for k in ("roi_loss", "neg_loss", "distill_loss"))
+        has_rois = "roi_box" in batch and regional
         if has_rois:
             image, roi = models.encode_image_and_rois(clip, batch["image"], batch["roi_image"], batch["roi_box"])
         else:

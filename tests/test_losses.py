@@ -40,6 +40,32 @@ def test_roi_loss_matches_the_formula():
     assert roi_loss(roi[:0], phrase[:0], T(2.0)).item() == 0.0
 
 
+def test_duplicate_aware_losses_equal_the_slides_without_duplicates():
+    g = torch.Generator().manual_seed(3)
+    img, txt = unit(torch.randn(5, 8, generator=g)), unit(torch.randn(5, 8, generator=g))
+    distinct = torch.arange(5)
+    for symmetric in (True, False):
+        assert global_loss(img, txt, T(7.0), symmetric, groups=distinct).item() == pytest.approx(
+            global_loss(img, txt, T(7.0), symmetric).item(), abs=1e-7)
+    assert roi_loss(img, txt, T(7.0), groups=distinct).item() == pytest.approx(roi_loss(img, txt, T(7.0)).item(), abs=1e-7)
+
+
+def test_duplicate_aware_losses_mask_exactly_the_duplicates():
+    g = torch.Generator().manual_seed(4)
+    img, txt = unit(torch.randn(4, 8, generator=g)), unit(torch.randn(4, 8, generator=g))
+    groups = T([0, 1, 0, 2])  # texts 0 and 2 are the same caption
+    s = 3.0 * img @ txt.T
+    keep = torch.ones(4, 4, dtype=torch.bool)
+    keep[0, 2] = keep[2, 0] = False  # each duplicate is out of the other's denominator, nothing else
+    rows = [-(s[i, i] - torch.logsumexp(s[i][keep[i]], 0)).item() for i in range(4)]
+    cols = [-(s[i, i] - torch.logsumexp(s[:, i][keep[:, i]], 0)).item() for i in range(4)]
+    assert roi_loss(img, txt, T(3.0), groups=groups).item() == pytest.approx(np.mean(rows), abs=1e-6)
+    assert global_loss(img, txt, T(3.0), symmetric=False, groups=groups).item() == pytest.approx(np.mean(rows), abs=1e-6)
+    assert global_loss(img, txt, T(3.0), groups=groups).item() == pytest.approx(np.mean(rows + cols) , abs=1e-6)
+    # the literal loss counts the duplicate as a negative: larger here
+    assert roi_loss(img, txt, T(3.0)).item() > roi_loss(img, txt, T(3.0), groups=groups).item()
+
+
 def test_negative_caption_loss_matches_hand_numbers():
     roi, phrase = T([[1.0, 0.0]]), T([[1.0, 0.0]])  # s = 1
     negatives = T([[[0.0, 1.0], [-1.0, 0.0]]])  # s = 0 and s = -1

@@ -1,6 +1,7 @@
 import pytest
 
-from pipeline.pairing import caption, hard_negatives, pair_rois, swap_sides
+from pipeline.pairing import negative_captions, pair_caption, pair_rois, stated_findings
+from pipeline.vocab import SIDE_WORDS, caption, mirror_text, normalize_text, other_side, spell_side
 
 
 def rois(*items):
@@ -40,29 +41,88 @@ def test_side_only_lesion_phrase_takes_the_largest_lesion():
     assert [(p.roi, p.rule) for p in pair_rois(IMAGE_ROIS, ph)] == [(9, "lesion")]
 
 
-@pytest.mark.parametrize("text,swapped", [
+@pytest.mark.parametrize("text,mirrored", [
     ("small left pleural effusion", "small right pleural effusion"),
     ("Right lower lobe opacity", "Left lower lobe opacity"),
     ("RLL and LUL nodules", "LLL and RUL nodules"),
     ("opacity in the lingula", "opacity in the right middle lobe"),
     ("right middle lobe consolidation", "lingula consolidation"),
+    ("RML opacity", "lingula opacity"),
+    ("lingular atelectasis", "right middle lobe atelectasis"),
     ("Lingula opacity", "Right middle lobe opacity"),
     ("left-sided effusion", "right-sided effusion"),
     ("bilateral effusions", "bilateral effusions"),
     ("no pneumothorax", "no pneumothorax"),
 ])
-def test_swap_sides(text, swapped):
-    assert swap_sides(text) == swapped
-    assert swap_sides(swap_sides(text)) == text
+def test_flips_mirror_sides_and_lobe_names(text, mirrored):
+    assert mirror_text(text) == mirrored
+    # mirrored twice, every side word is back on its side (the RML may come back spelt out)
+    sides = lambda t: [SIDE_WORDS[w] for w in t.lower().split() if w in SIDE_WORDS]  # noqa: E731
+    assert sides(mirror_text(mirrored)) in (sides(text), ["right"])
 
 
-def test_hard_negatives_and_captions():
-    neg = hard_negatives("small left pleural effusion", "Pleural Effusion", "left", "lower")
-    assert neg["negated"] == ["no small left pleural effusion"]
-    assert neg["side"] == ["small right pleural effusion"]
-    assert neg["uncertain"] == ["possible small left pleural effusion"]
-    assert neg["other_finding"] == ["atelectasis in the left lower zone", "consolidation in the left lower zone"]
-    assert hard_negatives("bibasilar atelectasis", "Atelectasis", "bilateral", "lower")["side"] == []
+# MIMIC-style phrases with their parsed (observation, side, zone), side from the words or from the sentence
+MIMIC_PHRASES = [
+    ("small left pleural effusion", "Pleural Effusion", "left", "lower"),
+    ("RML opacity", "Lung Opacity", "right", "middle"),
+    ("lingular atelectasis", "Atelectasis", "left", "middle"),
+    ("RLL consolidation", "Consolidation", "right", "lower"),
+    ("LUL nodule", "Lung Lesion", "left", "upper"),
+    ("blunting of the costophrenic angle", "Pleural Effusion", "left", "lower"),  # "... on the left."
+    ("apical pneumothorax", "Pneumothorax", "right", "upper"),  # "Right: apical pneumothorax."
+    ("Left apex mass", "Lung Lesion", "left", "upper"),
+    ("bibasilar atelectasis", "Atelectasis", "bilateral", "lower"),
+    ("bilateral pleural effusions", "Pleural Effusion", "bilateral", "lower"),
+    ("opacity at the right base", "Lung Opacity", "right", "lower"),
+    ("possible left lower lobe pneumonia", "Pneumonia", "left", "lower"),
+]
+
+
+@pytest.mark.parametrize("phrase,observation,side,zone", MIMIC_PHRASES)
+@pytest.mark.parametrize("uncertain", [False, True])
+@pytest.mark.parametrize("mode", ["own", "drop", "positive"])
+def test_no_hard_negative_equals_its_positive(phrase, observation, side, zone, uncertain, mode):
+    positive = pair_caption(phrase, side, uncertain, mode)
+    negatives = negative_captions(phrase, observation, side, zone, uncertain, mode, k=8)
+    keys = [normalize_text(n) for n in negatives]
+    assert normalize_text(positive) not in keys
+    assert len(set(keys)) == len(keys)
+    # the mirrored positive differs from the positive whenever the phrase has a side (flips change the text)
+    if side in ("left", "right"):
+        assert normalize_text(mirror_text(positive)) != normalize_text(positive)
+        assert any(normalize_text(other_side(phrase.replace("possible ", ""), side)) in k for k in keys)
+
+
+def test_side_from_the_sentence_is_spelt_out():
+    assert spell_side("blunting of the costophrenic angle", "left") == "blunting of the costophrenic angle on the left"
+    assert other_side("blunting of the costophrenic angle", "left") == "blunting of the costophrenic angle on the right"
+    assert other_side("RML opacity", "right") == "lingula opacity"
+    assert other_side("bibasilar atelectasis", "bilateral") == ""
+    assert spell_side("small left pleural effusion", "left") == "small left pleural effusion"
+    negatives = negative_captions("blunting of the costophrenic angle", "Pleural Effusion", "left", "lower", False, "own")
+    assert negatives[:3] == ["no blunting of the costophrenic angle on the left",
+                             "blunting of the costophrenic angle on the right",
+                             "possible blunting of the costophrenic angle on the left"]
+
+
+def test_other_finding_negatives_skip_what_the_report_states_there():
+    ph = {"phrase_observation": ["Pleural Effusion", "Atelectasis", "Consolidation", "Pneumothorax"],
+          "phrase_negated": [False, False, False, True], "phrase_laterality": ["left", "left", "right", "left"]}
+    stated = stated_findings(ph)
+    assert stated == {("Pleural Effusion", "left"), ("Atelectasis", "left"), ("Consolidation", "right")}
+    neg = negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own", 12, stated)
+    others = neg[3:]
+    assert not any("atelectasis" in n for n in others)  # stated on the left: never a negative there
+    assert others[0] == "consolidation in the left lower zone"  # stated on the right only: fair on the left
+    assert "pneumothorax in the left lower zone" in others  # negated in the report: a fair negative
+
+
+def test_negatives_and_captions():
+    assert negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own") == [
+        "no small left pleural effusion", "small right pleural effusion", "possible small left pleural effusion",
+        "atelectasis in the left lower zone"]
+    assert negative_captions("bibasilar atelectasis", "Atelectasis", "bilateral", "lower", False, "drop", 2) == [
+        "no bibasilar atelectasis", "consolidation in both lower zones"]
     assert caption("Edema", "bilateral", "") == "pulmonary edema in both lungs"
     assert caption("Atelectasis", "bilateral", "lower") == "atelectasis in both lower zones"
     assert caption("Pneumothorax", "left", "") == "pneumothorax in the left lung"

@@ -46,7 +46,7 @@ def test_negative_captions_keep_uncertainty_its_own_state():
         "no small left pleural effusion", "small right pleural effusion", "possible small left pleural effusion",
         "atelectasis in the left lower zone"]
     # a hedged phrase keeps its hedge, and the certain form becomes one of its negatives
-    assert pair_caption("right lower lobe opacity", True, "own") == "possible right lower lobe opacity"
+    assert pair_caption("right lower lobe opacity", "right", True, "own") == "possible right lower lobe opacity"
     assert negative_captions("right lower lobe opacity", "Lung Opacity", "right", "lower", True, "own")[:3] == [
         "no right lower lobe opacity", "possible left lower lobe opacity", "right lower lobe opacity"]
     # drop / positive: no uncertainty negatives

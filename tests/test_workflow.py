@@ -32,8 +32,8 @@ def test_lint_is_clean():
 
 def test_dry_run_of_default_config(tmp_path):
     out = run_snakemake(tmp_path, "-n", configfile=None).stdout
-    # per-shard jobs appear once the ingest checkpoint has run
-    assert jobs(out) == {"synthesize": 1, "ingest": 1, "fit_teacher": 1, "embed_concepts": 1, "train_run": 4,
+    # per-shard jobs appear once the ingest checkpoint has run; train_run: 5 runs + student@1, @2, global_only@1, @2
+    assert jobs(out) == {"synthesize": 1, "ingest": 1, "fit_teacher": 1, "embed_concepts": 1, "train_run": 9,
                          "evaluate": 1, "visualize": 1, "all": 1}
     assert not (tmp_path / "results").exists()
 
@@ -88,7 +88,9 @@ def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     assert jobs(run_snakemake(tiny_run, "-n", "all").stdout) == {}
     n_shards = len(list((tiny_run / "results/normalize").glob("shard-*.h5")))
     rerun = lambda override: jobs(run_snakemake(tiny_run, "-n", "all", "--config", override).stdout)  # noqa: E731
-    runs = 4  # evaluate.runs of config.yaml (a --configfile merges into it, it cannot remove runs)
+    # evaluate.runs of config.yaml (a --configfile merges into it, it cannot remove runs) and the seed replicas of
+    # student and global_only (tiny.yaml: 2 seeds)
+    runs = 5 + 2
     downstream = {"embed_teacher": n_shards, "train_run": runs, "evaluate": 1, "visualize": 1, "all": 1}
     assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
                                              "crop": n_shards, "model_inputs": n_shards, "fit_teacher": 1,
@@ -126,17 +128,31 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
         assert {"global_loss", "roi_loss", "neg_loss", "distill_loss", "total_loss"} <= set(lines[-1])
         open_clip.create_model("medclip-tiny", pretrained=str(tiny_run / f"results/train/{run}/model.pt"))
     summary = json.loads((tiny_run / "results/train/student/summary.json").read_text())
-    assert summary["teacher_sha256"] == teacher_hash and summary["pairing_on_truth"]["judged"] > 0
+    assert summary["teacher_sha256"] == teacher_hash and "pairing_on_truth" not in summary  # train reads no truth
+    assert json.loads((tiny_run / "results/train/student@1/summary.json").read_text())["seed"] == summary["seed"] + 1
     metrics = json.loads((tiny_run / "results/evaluate/metrics.json").read_text())
-    assert set(metrics["runs"]) == {"baseline", "student", "no_roi", "no_neg", "no_distill"}
+    assert metrics["pairing_on_truth"]["judged"] > 0
+    assert set(metrics["runs"]) == {"baseline", "student", "global_only", "no_roi", "no_neg", "no_distill", "student@1",
+                                    "global_only@1", "baseline/crop", "global_only/crop"}
     for figures in metrics["runs"].values():
-        for key in ("i2r/R@1", "r2i/median_rank", "region/top1", "robust/negated"):
+        for key in ("i2r/R@1", "r2i/median_rank", "region/top1", "robust/negated", "robust/converse"):
             f = figures[key]
             assert f["ci_low"] <= f["value"] <= f["ci_high"] or not np.isfinite(f["ci_low"])
+    # the control differs from the student only in its regional losses: they are exactly 0 in its log
+    control = [json.loads(x) for x in (tiny_run / "results/train/global_only/metrics.jsonl").read_text().splitlines()]
+    assert all(x["roi_loss"] == x["neg_loss"] == x["distill_loss"] == 0.0 for x in control)
+    # the headline: student - global_only pooled over both seeds, on the same patient resamples
+    headline = metrics["paired"]["student - global_only"]["region/top1"]
+    seeds = metrics["seeds"]
+    assert seeds["student"]["region/top1"]["runs"] == ["student", "student@1"]
+    assert headline["value"] == pytest.approx(seeds["student"]["region/top1"]["mean"]
+                                              - seeds["global_only"]["region/top1"]["mean"])
+    assert "student - no_roi" in metrics["paired"]
     for name, m in metrics["manifests"].items():
         body = (tiny_run / "results/evaluate/manifests" / f"{name}.json").read_bytes()
         assert hashlib.sha256(body).hexdigest() == m["sha256"]
-    assert "| student |" in (tiny_run / "results/evaluate/report.md").read_text()
+    report = (tiny_run / "results/evaluate/report.md").read_text()
+    assert "| student |" in report and report.index("## Student vs global_only (2 seeds)") < report.index("| student |")
     assert (tiny_run / "results/evaluate/roc.png").stat().st_size > 0
     assert list((tiny_run / "results/visualize").glob("grounding-*.png"))
 

@@ -1,21 +1,33 @@
-"""evaluate: every run against the global baseline (the teacher) on the patient-level test split.
+"""evaluate: the student against a global-only control, ablations and the baseline teacher, on the patient-level
+test split.
 
-Metrics (each with a bootstrap 95% interval over its units: images, studies, pairs or boxes):
+Metrics (each with a patient-level bootstrap 95% interval, pipeline/stats.py):
 - zero-shot classification, CheXzero style: per observation, the softmax over a positive and a negative prompt
   ensemble gives p(positive); AUROC against the dataset's labels (1 positive; 0 or blank negative; -1 left out),
   and accuracy on a 5x200-style subset (test images positive for exactly one of the five CheXpert 5x200 classes,
   up to 200 each, argmax over the five positive prompt ensembles);
 - image -> report and report -> image retrieval over the test studies (one frontal image each): R@1/5/10, median rank;
-- region <-> phrase: for each test ROI <-> phrase pair (pairing.pair_rois, certain present phrases), top-1 among
-  the test captions, laterality (the phrase over its side-swapped copy), phrase -> ROI R@1/5/10 over all test ROIs;
-- robustness (issue #8): the true phrase over its side swap, its negation, its uncertain form, and another
-  finding at the same place, per finding;
+- region <-> phrase: for each test ROI <-> phrase pair (pairing.pair_rois, certain present phrases, side spelt out
+  as in training), top-1 among the test captions (deduplicated after vocab.normalize_text, so case twins are one
+  candidate), phrase -> ROI R@1/5/10 over all test ROIs;
+- robustness: statements built from the pair's parsed attributes in one grammar (vocab.statement), so the true
+  and the alternative statement differ only in what is tested: the other side (laterality), negated, uncertain,
+  another finding the report does not state there; and the converse: an ROI of a lung or zone where the report
+  states nothing present prefers "there is no X in ..." over "there is X in ..." for each X the report negates.
+  A text tower that merely pushes every "no ..." away wins the first and loses the converse;
 - grounding, where the synthetic truth has a box: the phrase's heat map over the image's ROIs (each ROI box
   painted with its softmax similarity), pointing game, IoU of the map thresholded at half its maximum, and CNR
   (MS-CXR: |mean in - mean out| / sqrt(var in + var out)).
 
-Every evaluation set is a pinned manifest (ids, seed, SHA-256) under results/evaluate/manifests/; evaluation stops
-when a test patient is also a training patient. Checkpoints are the runs' final ones: nothing is chosen on the test set.
+Runs: every run of evaluate.runs (and the seed replicas of student and the control), `baseline` (the teacher), and
+`<run>/crop` for the crop baselines (each ROI embedded as the crop stage's ROI image, not pooled). metrics.json
+holds every run's figures, the mean and spread of student and control over seeds, and paired differences
+(student - control pooled over seeds; student - each ablation) on the same patient resamples.
+
+Every evaluation set is a manifest (ids, seed, SHA-256) under results/evaluate/manifests/; with evaluate.manifests
+naming a folder of pinned manifests, the run uses exactly those and stops when the data no longer match them.
+Evaluation also stops when a test patient is a training patient. Checkpoints are the runs' final ones: nothing is
+chosen on the test set.
 """
 
 from __future__ import annotations
@@ -29,20 +41,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import models
+from .. import models, stats
+from ..config import seed_replicas
 from ..data import report_text
 from ..io import atomic_path, usable_threads
 from ..labels import OBSERVATIONS
-from ..pairing import CANONICAL, caption, pair_rois, read_truth, swap_sides
+from ..pairing import accuracy_on_truth, pair_caption, pair_rois, read_truth, stated_findings
 from ..shards import Shard, decode
+from ..vocab import OTHER_SIDE, REGIONAL, normalize_text, statement
 from .normalize import as_uint8, to_normalized
 
 log = logging.getLogger("pipeline.evaluate")
 FIVE = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
 POSITIVE = ["{}", "{} is present", "findings consistent with {}"]
 NEGATIVE = ["no {}", "no evidence of {}", "{} is absent"]
-PREFERENCES = ("side", "negated", "uncertain", "other_finding")
-ROI_KEYS = ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box"]  # all but the crops
+PREFERENCES = ("side", "negated", "uncertain", "other_finding", "converse")
+ROI_KEYS = ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box"]
 
 
 @dataclass
@@ -56,26 +70,46 @@ class TestSet:
     roi_owner: np.ndarray  # (R,) the image of each ROI of all test images
     roi_of: list[np.ndarray]  # per image: its ROI indices
     roi_box: np.ndarray  # (R, 4) normalized pixels
-    pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box
+    roi_crop: np.ndarray  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines)
+    pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box, stated
+    clear: list[dict] = field(default_factory=list)  # image, roi, observation, laterality, zone: nothing stated there
+
+
+def clear_regions(rois: dict, phrases: dict) -> list[tuple[int, str, str, str]]:
+    """(ROI, observation, side, zone) for the converse test: each lung and zone ROI on a side where the report
+    states no regional finding as present or possible (a finding without a side counts for both), with each
+    regional observation the report negates."""
+    busy = set()
+    for o, n, side in zip(phrases["phrase_observation"], phrases["phrase_negated"], phrases["phrase_laterality"]):
+        if not n and o in REGIONAL:
+            busy |= {"right", "left"} if side in ("bilateral", "") else {side}
+    negated = sorted({o for o, n in zip(phrases["phrase_observation"], phrases["phrase_negated"]) if n and o in REGIONAL})
+    return [(i, o, side, zone) for i, (kind, side, zone) in enumerate(zip(
+        rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]))
+        if kind in ("lung", "zone") and side in ("right", "left") and side not in busy for o in negated]
 
 
 def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, split: str = "test",
-                  ) -> TestSet:
-    """The test images with their ROI boxes and ROI <-> phrase pairs."""
+                  keep_ids: list[str] | None = None) -> TestSet:
+    """The test images with their ROIs, ROI <-> phrase pairs and clear regions; `keep_ids` restricts the images to
+    a pinned list (in the data's order)."""
     box, region = read_truth(truth_dir) if truth_dir else ({}, {})
+    wanted = set(keep_ids) if keep_ids is not None else None
     out = {k: [] for k in ("image_id", "patient_id", "study_id", "images", "labels", "reports", "roi_owner",
-                           "roi_of", "roi_box", "pairs")}
+                           "roi_of", "roi_box", "roi_crop", "pairs", "clear")}
     n_rois = 0
     for npath, cpath, rpath in zip(normalize_shards, crop_shards, report_shards):
         with Shard(npath) as n, Shard(cpath) as c, Shard(rpath) as r:
             row = {image_id: i for i, image_id in enumerate(r.image_ids)}
             splits, patients = decode(n.f["split"][()]), decode(n.f["patient_id"][()])
             fi, full = decode(r.f["findings_impression"][()]), decode(r.f["report"][()])
-            keep = [i for i, s in enumerate(splits) if s == split and n.image_ids[i] in row]
+            keep = [i for i, s in enumerate(splits) if s == split and n.image_ids[i] in row
+                    and (wanted is None or n.image_ids[i] in wanted)]
             if not keep:
                 continue
             images, transforms = as_uint8(n.f["image"][()][keep]), n.f["transform"][()][keep]
             all_rois, all_phrases = c.ragged_rows("rois", ROI_KEYS), r.ragged_rows("phrases")
+            crops, crop_offsets = c.f["rois/roi_image"], c.f["rois/offsets"][()]
             studies = decode(r.f["study_id"][()])
             for k, i in enumerate(keep):
                 image_id, j = n.image_ids[i], row[n.image_ids[i]]
@@ -92,32 +126,77 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
                 out["reports"].append(text)
                 out["roi_owner"].append(np.full(len(rois["roi_kind"]), index))
                 out["roi_box"].append(np.asarray(rois["roi_box"], np.float64).reshape(-1, 4))
+                out["roi_crop"].append(crops[crop_offsets[i] : crop_offsets[i + 1]])
                 out["roi_of"].append(np.arange(n_rois, n_rois + len(rois["roi_kind"])))
+                stated = stated_findings(ph)
                 for pair in pair_rois(rois, ph, uncertain="drop"):
                     p = pair.phrase
                     key = (study, " ".join(ph["phrase_sentence"][p].split()), ph["phrase_observation"][p])
                     gt = box.get((image_id, region.get(key, -1)))
+                    side = ph["phrase_laterality"][p]
                     out["pairs"].append({
-                        "image": index, "roi": n_rois + pair.roi, "text": ph["phrase"][p],
-                        "observation": ph["phrase_observation"][p], "laterality": ph["phrase_laterality"][p],
-                        "zone": ph["phrase_zone"][p],
+                        "image": index, "roi": n_rois + pair.roi, "text": pair_caption(ph["phrase"][p], side, False, "drop"),
+                        "observation": ph["phrase_observation"][p], "laterality": side,
+                        "zone": ph["phrase_zone"][p], "stated": stated,
                         "gt_box": None if gt is None else to_normalized(np.array([gt], float), transforms[k])[0].tolist()})
+                out["clear"] += [{"image": index, "roi": n_rois + roi, "observation": o, "laterality": side, "zone": zone}
+                                 for roi, o, side, zone in clear_regions(rois, ph)]
                 n_rois += len(rois["roi_kind"])
     full = out["images"][0].shape[-1] if out["images"] else 0
+    crop = out["roi_crop"][0].shape[-1] if out["roi_crop"] else 1
     return TestSet(out["image_id"], out["patient_id"], out["study_id"],
                    np.stack(out["images"]) if out["images"] else np.zeros((0, full, full), np.uint8),
                    np.array(out["labels"], np.float32).reshape(-1, 14), out["reports"],
                    np.concatenate(out["roi_owner"]) if out["roi_owner"] else np.zeros(0, np.int64),
-                   out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)), out["pairs"])
+                   out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)),
+                   np.concatenate(out["roi_crop"]) if out["roi_crop"] else np.zeros((0, crop, crop), np.uint8),
+                   out["pairs"], out["clear"])
 
 
 # ------------------------------------------------------------------------------------------ manifests
-def write_manifest(path: Path, ids: list, seed: int | None, description: str) -> dict:
-    body = json.dumps({"description": description, "seed": seed, "ids": ids}, indent=1)
+MANIFEST_SETS = ("test_images", "five_by_200", "retrieval", "region_pairs", "clear_regions", "grounding")
+
+
+class ManifestMismatch(ValueError):
+    """A pinned evaluation set no longer matches the data."""
+
+
+def manifest_body(ids: list, seed: int | None, description: str) -> str:
+    return json.dumps({"description": description, "seed": seed, "ids": ids}, indent=1)
+
+
+def write_manifest(path: Path, body: str) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(body)
-    return {"path": str(path), "n": len(ids), "seed": seed, "sha256": hashlib.sha256(body.encode()).hexdigest()}
+    ids = json.loads(body)
+    return {"path": str(path), "n": len(ids["ids"]), "seed": ids["seed"],
+            "sha256": hashlib.sha256(body.encode()).hexdigest()}
+
+
+def pinned_ids(folder: str | Path, name: str) -> list | None:
+    """The ids of a pinned set, or None when the folder holds none for it."""
+    path = Path(folder, f"{name}.json")
+    return json.loads(path.read_text())["ids"] if folder and path.exists() else None
+
+
+def check_pinned(folder: str | Path, name: str, body: str) -> None:
+    """Stop when the set drawn from the data differs from the pinned one, saying how."""
+    path = Path(folder, f"{name}.json")
+    if not folder or not path.exists():
+        return
+    pinned = path.read_text()
+    if pinned == body:
+        return
+    old, new = json.loads(pinned)["ids"], json.loads(body)["ids"]
+    key = lambda x: json.dumps(x)  # noqa: E731
+    gone, added = [x for x in old if key(x) not in set(map(key, new))], [x for x in new if key(x) not in set(map(key, old))]
+    raise ManifestMismatch(
+        f"evaluate.manifests: the pinned set {path} no longer matches the data (sha256 "
+        f"{hashlib.sha256(pinned.encode()).hexdigest()[:12]} pinned, {hashlib.sha256(body.encode()).hexdigest()[:12]} "
+        f"now; {len(gone)} pinned entries missing, e.g. {gone[:1]}; {len(added)} new, e.g. {added[:1]}). The test "
+        f"split, the crops or the report parsing changed: compare like with like, or pin the new sets on purpose "
+        f"(copy results/evaluate/manifests/*.json there) or set evaluate.manifests to \"\" to draw them afresh.")
 
 
 def training_patients(normalize_shards) -> set[str]:
@@ -143,36 +222,6 @@ def five_by_200(labels: np.ndarray, seed: int, per_class: int = 200) -> tuple[np
     return np.array(idx, dtype=np.int64), np.array(cls, dtype=np.int64)
 
 
-# ------------------------------------------------------------------------------------------ statistics
-def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUROC with ties at one half (what sklearn's roc_auc_score gives); NaN with one class."""
-    from scipy.stats import rankdata
-
-    n_pos, n_neg = int(y.sum()), int(len(y) - y.sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def bootstrap(stat, n: int, rounds: int, seed: int) -> tuple[float, float]:
-    """Percentile 95% interval of stat(indices) over `rounds` resamples of n units (NaN when rounds is 0)."""
-    if rounds == 0 or n == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    values = np.array([stat(rng.integers(0, n, n)) for _ in range(rounds)], dtype=np.float64)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    return float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))
-
-
-def _figure(stat, n: int, rounds: int, seed: int) -> dict:
-    value = stat(np.arange(n)) if n else float("nan")
-    lo, hi = bootstrap(stat, n, rounds, seed)
-    return {"value": float(value), "ci_low": lo, "ci_high": hi, "n": int(n)}
-
-
 # ------------------------------------------------------------------------------------------ one model
 class Embedder:
     def __init__(self, weights: str | Path, name: str, device: torch.device):
@@ -187,6 +236,10 @@ class Embedder:
     def images_and_rois(self, images: np.ndarray, owner: np.ndarray, boxes: np.ndarray
                         ) -> tuple[np.ndarray, np.ndarray]:
         return models.embed_images_and_rois(self.model, images, owner, boxes)
+
+    def crops(self, crops: np.ndarray) -> np.ndarray:
+        """Each ROI as an image of its own (the crop baselines): the crop stage's ROI image at the model's size."""
+        return models.embed_images(self.model, crops)
 
     def texts(self, texts: list[str]) -> np.ndarray:
         new = sorted({t for t in texts if t not in self._cache})
@@ -235,17 +288,51 @@ def grounding_figures(heat: np.ndarray, gt: list[float]) -> tuple[float, float, 
     return hit, iou, cnr
 
 
-def other_finding(observation: str, side: str, zone: str) -> str:
-    names = list(CANONICAL)
-    other = names[(names.index(observation) + 1) % len(names)] if observation in names else names[0]
-    return caption(other, side, zone)
+def top1_unique(roi: np.ndarray, texts: list[str], embed) -> np.ndarray:
+    """Per pair, 1.0 when its caption is the best of the test captions for its ROI. Candidates are the captions
+    after vocab.normalize_text, each once, so case or punctuation twins (which embed alike) cannot tie."""
+    keys = [normalize_text(t) for t in texts]
+    first = {}
+    for t, k in zip(texts, keys):
+        first.setdefault(k, t)
+    pool = sorted(first)
+    best = (roi @ embed([first[k] for k in pool]).T).argmax(1)
+    return (np.array(pool)[best] == np.array(keys)).astype(float)
 
 
-def evaluate_model(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarray], retrieval: np.ndarray,
-                   rounds: int, seed: int) -> tuple[dict, dict]:
-    """All figures of one model -> ({metric: figure}, {curves for the plots})."""
-    figures, curves = {}, {"roc": {}}
+def alternatives(pairs: list[dict], clear: list[dict]) -> dict[str, list[tuple[int, str, str, str]]]:
+    """Robustness tests as (ROI, true statement, alternative, observation) in one grammar (vocab.statement); a kind's test
+    is skipped for a pair where it has no alternative (no side to swap for a bilateral phrase)."""
+    out = {k: [] for k in PREFERENCES}
+    for p in pairs:
+        o, side, zone, roi = p["observation"], p["laterality"], p["zone"], p["roi"]
+        true = statement(o, side, zone)
+        if side in ("left", "right"):
+            out["side"].append((roi, true, statement(o, OTHER_SIDE[side], zone), o))
+        out["negated"].append((roi, true, statement(o, side, zone, negated=True), o))
+        out["uncertain"].append((roi, true, statement(o, side, zone, uncertain=True), o))
+        here = {x for x, s in p["stated"] if s in (side, "bilateral", "") or side == "bilateral"}
+        names = list(REGIONAL)
+        start = names.index(o) if o in names else 0
+        other = next((x for x in names[start + 1 :] + names[:start] if x not in here and x != o), None)
+        if other:
+            out["other_finding"].append((roi, true, statement(other, side, zone), o))
+    for c in clear:
+        o, side, zone = c["observation"], c["laterality"], c["zone"]
+        out["converse"].append((c["roi"], statement(o, side, zone, negated=True), statement(o, side, zone), o))
+    return out
+
+
+def model_figures(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarray], retrieval: np.ndarray,
+                  roi_mode: str = "pooled") -> tuple[dict, dict]:
+    """All figures of one model as {metric: (unit patients, stat over unit indices)}, and curves for the plots.
+    roi_mode: "pooled" (patch tokens under the box, as trained) or "crop" (each ROI's crop as an image)."""
+    out, curves = {}, {"roc": {}}
     img, roi = emb.images_and_rois(test.images, test.roi_owner, test.roi_box)
+    if roi_mode == "crop":
+        roi = emb.crops(test.roi_crop)
+    patients = np.array(test.patient_id)
+    image_units = list(patients)
     # zero-shot
     pos = np.stack([emb.ensemble(POSITIVE, o.lower()) for o in OBSERVATIONS])
     neg = np.stack([emb.ensemble(NEGATIVE, o.lower()) for o in OBSERVATIONS])
@@ -257,121 +344,174 @@ def evaluate_model(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndar
         if o == "No Finding" or y[known].sum() < 2 or (1 - y[known]).sum() < 2:
             continue
         aurocs[o] = (known, y, prob[:, k])
-        figures[f"auroc/{o}"] = _figure(lambda i, m=known, y=y, s=prob[:, k]: auroc(y[i][m[i]], s[i][m[i]]),
-                                        len(y), rounds, seed)
+        out[f"auroc/{o}"] = (image_units, lambda i, m=known, y=y, s=prob[:, k]: stats.auroc(y[i][m[i]], s[i][m[i]]))
         curves["roc"][o] = (y[known].tolist(), prob[known, k].tolist())
     if aurocs:
-        figures["auroc/mean"] = _figure(
-            lambda i: float(np.nanmean([auroc(y[i][m[i]], s[i][m[i]]) for m, y, s in aurocs.values()])),
-            len(test.image_id), rounds, seed)
+        out["auroc/mean"] = (image_units, lambda i: float(np.nanmean(
+            [stats.auroc(y[i][m[i]], s[i][m[i]]) for m, y, s in aurocs.values()])))
     idx, cls = five
     if len(idx):
         five_logits = img[idx] @ pos[[OBSERVATIONS.index(o) for o in FIVE]].T
         right = (five_logits.argmax(1) == cls).astype(float)
-        figures["5x200/accuracy"] = _figure(lambda i: right[i].mean(), len(idx), rounds, seed)
+        out["5x200/accuracy"] = (list(patients[idx]), lambda i: right[i].mean())
     # retrieval over studies
     rep = emb.texts([test.reports[i] for i in retrieval])
     sim = img[retrieval] @ rep.T
     for name, s in (("i2r", sim), ("r2i", sim.T)):
         rank = 1 + (s > np.diag(s)[:, None]).sum(1)
+        units = list(patients[retrieval])
         for k in (1, 5, 10):
-            figures[f"{name}/R@{k}"] = _figure(lambda i, r=rank, k=k: (r[i] <= k).mean(), len(rank), rounds, seed)
-        figures[f"{name}/median_rank"] = _figure(lambda i, r=rank: float(np.median(r[i])), len(rank), rounds, seed)
+            out[f"{name}/R@{k}"] = (units, lambda i, r=rank, k=k: (r[i] <= k).mean())
+        out[f"{name}/median_rank"] = (units, lambda i, r=rank: float(np.median(r[i])))
     # regions
     pairs = test.pairs
     if pairs:
+        units = [test.patient_id[p["image"]] for p in pairs]
         texts = [p["text"] for p in pairs]
-        pool = sorted(set(texts))
-        pool_emb = emb.texts(pool)
         r = roi[[p["roi"] for p in pairs]]
-        top1 = (np.array(pool)[(r @ pool_emb.T).argmax(1)] == np.array(texts)).astype(float)
-        figures["region/top1"] = _figure(lambda i: top1[i].mean(), len(pairs), rounds, seed)
+        top1 = top1_unique(r, texts, emb.texts)
+        out["region/top1"] = (units, lambda i: top1[i].mean())
         t = emb.texts(texts)
         true_sim = (r * t).sum(1)
         rank = 1 + ((t @ roi.T) > true_sim[:, None]).sum(1)
         for k in (1, 5, 10):
-            figures[f"phrase2roi/R@{k}"] = _figure(lambda i, k=k: (rank[i] <= k).mean(), len(pairs), rounds, seed)
-        alternatives = {
-            "side": [swap_sides(p["text"]) for p in pairs], "negated": [f"no {p['text']}" for p in pairs],
-            "uncertain": [f"possible {p['text']}" for p in pairs],
-            "other_finding": [other_finding(p["observation"], p["laterality"], p["zone"]) for p in pairs]}
-        for kind, alt in alternatives.items():
-            valid = np.array([a != p["text"] for a, p in zip(alt, pairs)])
-            wins = (true_sim > (r * emb.texts(alt)).sum(1)).astype(float)
-            w = wins[valid]
-            figures[f"robust/{kind}"] = _figure(lambda i, w=w: w[i].mean(), len(w), rounds, seed)
-            obs = np.array([p["observation"] for p in pairs])[valid]
-            for o in sorted(set(obs)):
-                wo = w[obs == o]
-                figures[f"robust/{kind}/{o}"] = _figure(lambda i, wo=wo: wo[i].mean(), len(wo), rounds, seed)
-        figures["region/laterality"] = figures["robust/side"]
+            out[f"phrase2roi/R@{k}"] = (units, lambda i, k=k: (rank[i] <= k).mean())
         # grounding
-        boxed = [k for k, p in enumerate(pairs) if p["gt_box"] is not None]
-        g = []
-        for k in boxed:
-            p = pairs[k]
-            rois = test.roi_of[p["image"]]
-            heat = heat_map(roi[rois] @ t[k], test.roi_box[rois], test.images.shape[-1], emb.scale)
-            g.append(grounding_figures(heat, p["gt_box"]))
-        g = np.array(g, dtype=np.float64).reshape(-1, 3)
+        g = np.full((len(pairs), 3), np.nan)
+        for k, p in enumerate(pairs):
+            if p["gt_box"] is not None:
+                rois = test.roi_of[p["image"]]
+                heat = heat_map(roi[rois] @ t[k], test.roi_box[rois], test.images.shape[-1], emb.scale)
+                g[k] = grounding_figures(heat, p["gt_box"])
         for c, name in enumerate(("pointing_game", "iou", "cnr")):
-            col = g[:, c]
-            figures[f"grounding/{name}"] = _figure(lambda i, col=col: float(np.nanmean(col[i])), len(col), rounds, seed)
-    return figures, curves
+            if np.isfinite(g[:, c]).any():
+                out[f"grounding/{name}"] = (units, lambda i, col=g[:, c]: float(np.nanmean(col[i]))
+                                            if np.isfinite(col[i]).any() else np.nan)
+    for kind, tests in alternatives(pairs, test.clear).items():
+        if not tests:
+            continue
+        rois = roi[[x[0] for x in tests]]
+        wins = ((rois * emb.texts([x[1] for x in tests])).sum(1) > (rois * emb.texts([x[2] for x in tests])).sum(1))
+        wins = wins.astype(float)
+        units = [test.patient_id[test.roi_owner[x[0]]] for x in tests]
+        out[f"robust/{kind}"] = (units, lambda i, w=wins: w[i].mean())
+        obs = np.array([x[3] for x in tests])
+        for o in sorted(set(obs)):
+            sel = obs == o
+            out[f"robust/{kind}/{o}"] = (units, lambda i, w=wins, sel=sel: w[i][sel[i]].mean() if sel[i].any() else np.nan)
+    if "robust/side" in out:
+        out["region/laterality"] = out["robust/side"]
+    return out, curves
 
 
 # ------------------------------------------------------------------------------------------ stage
 HEADLINE = ["auroc/mean", "5x200/accuracy", "i2r/R@1", "i2r/R@10", "r2i/R@1", "r2i/R@10", "region/top1",
-            "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/uncertain", "robust/other_finding",
-            "grounding/pointing_game", "grounding/iou", "grounding/cnr"]
+            "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/converse", "robust/uncertain",
+            "robust/other_finding", "grounding/pointing_game", "grounding/iou", "grounding/cnr"]
 
 
-def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path, cfg: dict,
-        truth_dir: str | Path | None = None, threads: int = 1) -> dict:
-    """Evaluate every checkpoint (run name -> weights) and write metrics.json, report.md, plots and manifests."""
-    torch.set_num_threads(usable_threads(threads))
-    out_dir = Path(out_dir)
-    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir)
-    leaked = sorted(set(test.patient_id) & training_patients(inputs["normalized"]))
-    if leaked:
-        raise ValueError(f"{len(leaked)} test patient(s) are also training / validation patients, e.g. {leaked[0]}")
-    seed = cfg["seed"]
+def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict[str, str]]:
+    """The 5x200 subset, the retrieval studies, and the body of every manifest."""
     five = five_by_200(test.labels, seed)
     first_of_study = {}
     for i, study in enumerate(test.study_id):
         first_of_study.setdefault(study, i)
     retrieval = np.array(sorted(first_of_study.values()), dtype=np.int64)
-    m = out_dir / "manifests"
-    manifests = {
-        "test_images": write_manifest(m / "test_images.json", test.image_id, None, "test split images with a report"),
-        "five_by_200": write_manifest(m / "five_by_200.json", [[test.image_id[i], FIVE[c]] for i, c in zip(*five)],
-                                      seed, "images positive for exactly one of the five classes, <= 200 each"),
-        "retrieval": write_manifest(m / "retrieval.json", [test.image_id[i] for i in retrieval], None,
-                                    "one image per test study (the first by image_id)"),
-        "region_pairs": write_manifest(m / "region_pairs.json", [
-            [test.image_id[p["image"]], int(p["roi"] - test.roi_of[p["image"]][0]), p["text"]] for p in test.pairs],
-            None, "test ROI <-> phrase pairs (image_id, ROI row in the crop shard, phrase)"),
-        "grounding": write_manifest(m / "grounding.json", [
-            [test.image_id[p["image"]], p["text"], p["gt_box"]] for p in test.pairs if p["gt_box"] is not None],
-            None, "pairs with a ground-truth box (normalized pixels)"),
+    roi_row = lambda roi: int(roi - test.roi_of[test.roi_owner[roi]][0])  # noqa: E731  the ROI's row in its image
+    bodies = {
+        "test_images": manifest_body(test.image_id, None, "test split images with a report"),
+        "five_by_200": manifest_body([[test.image_id[i], FIVE[c]] for i, c in zip(*five)], seed,
+                                     "images positive for exactly one of the five classes, <= 200 each"),
+        "retrieval": manifest_body([test.image_id[i] for i in retrieval], None,
+                                   "one image per test study (the first by image_id)"),
+        "region_pairs": manifest_body([[test.image_id[p["image"]], roi_row(p["roi"]), p["text"]] for p in test.pairs],
+                                      None, "test ROI <-> phrase pairs (image_id, ROI row in the crop shard, caption)"),
+        "clear_regions": manifest_body([[test.image_id[c["image"]], roi_row(c["roi"]), c["observation"]]
+                                        for c in test.clear], None,
+                                       "converse test: ROIs with nothing stated, each observation the report negates"),
+        "grounding": manifest_body([[test.image_id[p["image"]], p["text"], p["gt_box"]] for p in test.pairs
+                                    if p["gt_box"] is not None], None, "pairs with a ground-truth box (normalized pixels)"),
     }
+    return five, retrieval, bodies
+
+
+def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path, cfg: dict,
+        truth_dir: str | Path | None = None, threads: int = 1) -> dict:
+    """Evaluate every checkpoint (run name -> weights) and write metrics.json, report.md, plots and manifests.
+    cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed)."""
+    torch.set_num_threads(usable_threads(threads))
+    out_dir, folder, seed = Path(out_dir), cfg["manifests"], cfg["seed"]
+    keep = pinned_ids(folder, "test_images")
+    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, keep_ids=keep)
+    if keep is not None and len(test.image_id) != len(keep):
+        missing = sorted(set(keep) - set(test.image_id))
+        raise ManifestMismatch(f"evaluate.manifests: {len(missing)} image(s) of the pinned {folder}/test_images.json "
+                               f"are not test images with a report in the ingested data, e.g. {missing[:3]}")
+    leaked = sorted(set(test.patient_id) & training_patients(inputs["normalized"]))
+    if leaked:
+        raise ValueError(f"{len(leaked)} test patient(s) are also training / validation patients, e.g. {leaked[0]}")
+    five, retrieval, bodies = evaluation_sets(test, seed)
+    for name, body in bodies.items():
+        check_pinned(folder, name, body)
+    manifests = {name: write_manifest(out_dir / "manifests" / f"{name}.json", body) for name, body in bodies.items()}
+
+    boot = stats.PatientBootstrap(test.patient_id, cfg["bootstrap"], seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    results, curves = {}, {}
+    results, replicates, curves = {}, {}, {}
     for name, weights in checkpoints.items():
         emb = Embedder(weights, model_names[name], device)
-        results[name], curves[name] = evaluate_model(emb, test, five, retrieval, cfg["bootstrap"], seed)
-        log.info("%s: %s", name, ", ".join(f"{k} {results[name][k]['value']:.3f}" for k in HEADLINE
-                                          if k in results[name]))
-    metrics = {"runs": results, "manifests": manifests,
-               "test": {"images": len(test.image_id), "studies": len(retrieval), "pairs": len(test.pairs),
+        modes = ["pooled"] + (["crop"] if name == "baseline" or name in cfg["crop_baselines"] else [])
+        for mode in modes:
+            key = name if mode == "pooled" else f"{name}/crop"
+            figures, curves[key] = model_figures(emb, test, five, retrieval, mode)
+            results[key], replicates[key] = {}, {}
+            for metric, (units, stat) in figures.items():
+                replicates[key][metric] = boot.replicate(stat, units)
+                results[key][metric] = stats.figure(stat(np.arange(len(units))), replicates[key][metric], len(units))
+            log.info("%s: %s", key, ", ".join(f"{k} {results[key][k]['value']:.3f}" for k in HEADLINE
+                                             if k in results[key]))
+    seeds, paired = compare(results, replicates, cfg)
+    metrics = {"runs": results, "seeds": seeds, "paired": paired, "manifests": manifests,
+               "test": {"images": len(test.image_id), "patients": len(boot.patients), "studies": len(retrieval),
+                        "pairs": len(test.pairs), "clear_regions": len(test.clear),
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
-                        "bootstrap": cfg["bootstrap"], "seed": seed}}
+                        "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"]}}
+    if truth_dir:  # synthetic source: how often pairing picked the region a phrase describes (all splits)
+        metrics["pairing_on_truth"] = accuracy_on_truth(inputs["crops"], inputs["reports"], truth_dir)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(report_markdown(metrics))
     plot(curves, results, out_dir)
     return metrics
+
+
+def compare(results: dict, replicates: dict, cfg: dict) -> tuple[dict, dict]:
+    """Mean and spread over seeds of student and the control, and paired differences on the shared resamples:
+    student - control pooled over seeds, and student - each other run (first seed)."""
+    control = cfg["control"]
+    family = {name: [r for r in seed_replicas({"evaluate": cfg}, name) if r in results] for name in ("student", control)}
+    seeds = {}
+    for name, runs in family.items():
+        metrics = set.intersection(*(set(results[r]) for r in runs)) if runs else set()
+        seeds[name] = {m: {"mean": float(np.mean([results[r][m]["value"] for r in runs])),
+                           "sd": float(np.std([results[r][m]["value"] for r in runs], ddof=1)) if len(runs) > 1 else 0.0,
+                           "values": [results[r][m]["value"] for r in runs], "runs": runs} for m in sorted(metrics)}
+    paired = {}
+
+    def diff(a: list[str], b: list[str]) -> dict:
+        shared = sorted(set.intersection(*(set(results[r]) for r in a + b)))
+        return {m: stats.paired([results[r][m]["value"] for r in a], [replicates[r][m] for r in a],
+                                [results[r][m]["value"] for r in b], [replicates[r][m] for r in b],
+                                results[a[0]][m]["n"]) for m in shared}
+
+    if family["student"] and family[control]:
+        paired[f"student - {control}"] = diff(family["student"], family[control])
+    if "student" in results:
+        for name in results:
+            if name != "student" and "@" not in name and name != control:
+                paired[f"student - {name}"] = diff(["student"], [name])
+    return seeds, paired
 
 
 def _cell(f: dict | None) -> str:
@@ -382,14 +522,30 @@ def _cell(f: dict | None) -> str:
     return f"{f['value']:.3f} ({f['ci_low']:.3f}-{f['ci_high']:.3f})"
 
 
+def _seeds_cell(f: dict | None) -> str:
+    return "-" if f is None or not np.isfinite(f["mean"]) else f"{f['mean']:.3f} ± {f['sd']:.3f}"
+
+
 def report_markdown(metrics: dict) -> str:
-    runs = metrics["runs"]
-    t = metrics["test"]
+    runs, t = metrics["runs"], metrics["test"]
+    control = t["control"]
     lines = ["# Region-Aware MedCLIP: evaluation", "",
-             f"Test split: {t['images']} images, {t['studies']} studies (retrieval), {t['pairs']} ROI-phrase pairs, "
-             f"{t['grounding_boxes']} ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. "
-             f"Cells: value (bootstrap 95% interval, {t['bootstrap']} resamples, seed {t['seed']}). "
-             "`baseline` is the global-only teacher.", ""]
+             f"Test split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
+             f"{t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, {t['grounding_boxes']} "
+             f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals: patient-level "
+             f"bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same resamples for every run. "
+             f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
+             "losses off); `baseline` is the global-only teacher; `/crop` rows embed each ROI's crop as an image.", ""]
+    seeds, paired = metrics["seeds"], metrics["paired"].get(f"student - {control}", {})
+    if paired:
+        n_seeds = len(next(iter(seeds["student"].values()))["runs"]) if seeds.get("student") else 0
+        lines += [f"## Student vs {control} ({n_seeds} seeds)", "",
+                  f"Mean ± SD over seeds; the difference is the mean over seeds with its paired 95% interval pooled "
+                  f"over the seeds.", "", f"| metric | student | {control} | student - {control} |", "|---|---|---|---|"]
+        keys = [k for k in HEADLINE if k in paired] + sorted(k for k in paired if k not in HEADLINE)
+        lines += [f"| {k} | {_seeds_cell(seeds['student'].get(k))} | {_seeds_cell(seeds[control].get(k))} | "
+                  f"{_cell(paired[k])} |" for k in keys if k.count("/") == 1]
+        lines.append("")
 
     def table(title: str, keys: list[str]) -> None:
         keys = [k for k in keys if any(k in r for r in runs.values())]
@@ -399,13 +555,24 @@ def report_markdown(metrics: dict) -> str:
         lines.extend(f"| {name} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for name, r in runs.items())
         lines.append("")
 
-    table("Headline", HEADLINE)
+    table("Headline, every run", HEADLINE)
+    others = {k: v for k, v in metrics["paired"].items() if k != f"student - {control}"}
+    if others:
+        keys = [k for k in HEADLINE if any(k in v for v in others.values())]
+        lines.extend(["## Paired differences (first seed)", "", "| comparison | " + " | ".join(keys) + " |",
+                      "|---" * (len(keys) + 1) + "|"])
+        lines.extend(f"| {name} | " + " | ".join(_cell(v.get(k)) for k in keys) + " |" for name, v in others.items())
+        lines.append("")
     table("Retrieval", [f"{d}/{m}" for d in ("i2r", "r2i", "phrase2roi") for m in ("R@1", "R@5", "R@10", "median_rank")])
     table("Zero-shot AUROC per observation", [f"auroc/{o}" for o in OBSERVATIONS])
-    table("Robustness: the true phrase preferred over", [f"robust/{k}" for k in PREFERENCES])
+    table("Robustness: the true statement preferred over", [f"robust/{k}" for k in PREFERENCES])
     per_finding = sorted({k for r in runs.values() for k in r if k.count("/") == 2})
     table("Robustness per finding", per_finding)
-    lines.extend(["## Evaluation sets (pinned manifests)", "", "| set | n | seed | sha256 |", "|---|---|---|---|"])
+    if "pairing_on_truth" in metrics:
+        p = metrics["pairing_on_truth"]
+        lines.extend([f"Pairing on the synthetic truth (all splits): {p['right']} of {p['judged']} judged pairs right "
+                      f"({p['accuracy']:.3f}).", ""])
+    lines.extend(["## Evaluation sets (manifests)", "", "| set | n | seed | sha256 |", "|---|---|---|---|"])
     lines.extend(f"| {k} | {v['n']} | {v['seed']} | `{v['sha256'][:16]}` |" for k, v in metrics["manifests"].items())
     return "\n".join(lines) + "\n"
 

@@ -21,15 +21,14 @@ from pathlib import Path
 from .. import models
 from ..data import load_region_data
 from ..io import atomic_path, files_sha256
-from ..pairing import accuracy_on_truth
 from ..trainer import RegionBatches, fit
 
 log = logging.getLogger("pipeline.train")
 
 
-def write_spec(path: str | Path, inputs: dict, cfg: dict, teacher: str, truth: str = "") -> Path:
+def write_spec(path: str | Path, inputs: dict, cfg: dict, teacher: str) -> Path:
     spec = {"inputs": {k: [str(p) for p in v] if isinstance(v, (list, tuple)) else str(v) for k, v in inputs.items()},
-            "cfg": cfg, "teacher": str(teacher), "truth": str(truth)}
+            "cfg": cfg, "teacher": str(teacher)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
@@ -47,11 +46,6 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
              len(data.pair_text), ", ".join(f"{k} {v}" for k, v in rules.items()), len(data.concepts),
              data.teacher_sha256[:12])
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    truth = None
-    if spec["truth"] and rank0:  # synthetic source: how often pairing picked the region the phrase describes
-        truth = accuracy_on_truth(inputs["crops"], inputs["reports"], spec["truth"], cfg["uncertain"])
-        log.info("pairing on the synthetic truth (all splits): %d of %d pairs right (%.4f)", truth["right"],
-                 truth["judged"], truth["accuracy"])
     init = spec["teacher"] if cfg["init"] == "teacher" else None
     # a checkpoint resumes only under the same config and the same input shards and teacher
     stages = ("inputs", "normalized", "crops", "reports", "embed")
@@ -62,7 +56,7 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
         return result
     summary = {**result, "images": len(data), "pairs": len(data.pair_text), "pair_rules": rules,
                "concepts": len(data.concepts), "teacher_sha256": data.teacher_sha256, "init": cfg["init"],
-               "pairing_on_truth": truth}
+               "seed": cfg["seed"]}
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=1, sort_keys=True))
     return summary

@@ -1,5 +1,6 @@
 # Helpers shared by every rule: config validation, the shard list, stage config and versions.
 import json
+from pathlib import Path
 
 from pipeline import config as pipeline_config
 from pipeline.versions import STAGE_VERSIONS
@@ -66,7 +67,8 @@ def embed_config():
 
 
 def run_names():
-    return list(config["evaluate"]["runs"])
+    """Every run to train: evaluate.runs and the seed replicas of student and the control (`student@1`, ...)."""
+    return pipeline_config.seeded_runs(config)
 
 
 def run_config(wildcards):
@@ -84,7 +86,7 @@ def model_input_files(wildcards):
 
 
 def ground_truth():
-    """The synthetic source's truth, to score ROI <-> phrase pairing; real data has none."""
+    """The synthetic source's truth (grounding boxes, pairing accuracy in evaluate); real data has none."""
     if config["data"]["source"] != "synthetic":
         return ""
     return f"{config['data']['synthetic']['out_dir']}/ground_truth"
@@ -98,3 +100,9 @@ def evaluated_models():
 def evaluated_architectures():
     return {"baseline": config["teacher"]["model"],
             **{r: pipeline_config.run_config(config, r)["model"] for r in run_names()}}
+
+
+def pinned_manifests():
+    """The pinned evaluation sets of evaluate.manifests (a change to one reruns evaluate)."""
+    folder = config["evaluate"]["manifests"]
+    return sorted(str(p) for p in Path(folder).glob("*.json")) if folder else []

@@ -4,6 +4,7 @@ rule evaluate:
         crops=shard_files("crop"),
         reports=shard_files("reports"),
         models=list(evaluated_models().values()),
+        pinned=pinned_manifests(),
     output:
         metrics="results/evaluate/metrics.json",
         report=report("results/evaluate/report.md", category="Evaluation", labels={"figure": "tables"}),

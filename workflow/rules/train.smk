@@ -39,7 +39,7 @@ rule train_run:
     benchmark:
         "benchmarks/train/{run}.tsv"
     wildcard_constraints:
-        run=r"[A-Za-z0-9_-]+",
+        run=r"[A-Za-z0-9_-]+(@\d+)?",
     conda:
         ENV
     threads: workflow.cores
@@ -47,7 +47,6 @@ rule train_run:
         mem_mb=8000,
     params:
         cfg=run_config,
-        truth=ground_truth(),
         version=stage_version("train"),
     script:
         "../scripts/train.py"
