@@ -1,0 +1,128 @@
+"""Evaluation building blocks against independent computations: AUROC, the patient bootstrap, paired intervals,
+top-1 with case twins, the robustness statements, clear regions and pinned manifests."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pipeline import stats
+from pipeline.stages.evaluate import (ManifestMismatch, alternatives, check_pinned, clear_regions, manifest_body,
+                                      pinned_ids, top1_unique)
+from pipeline.trainer import caption_groups
+
+
+def test_auroc_equals_scikit_learn_with_ties():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 40)
+        score = rng.integers(0, 6, 40).astype(float)  # many ties
+        if 0 < y.sum() < len(y):
+            assert stats.auroc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    assert np.isnan(stats.auroc(np.ones(5), np.arange(5.0)))
+
+
+def test_patient_bootstrap_keeps_a_patients_units_together():
+    units = ["p1", "p1", "p1", "p2", "p3", "p3"]
+    boot = stats.PatientBootstrap(units, rounds=200, seed=0)
+    owner = np.array([boot.number[p] for p in units])
+    for draw, idx in zip(boot.draws, boot.indices(units)):
+        # exactly the units of the drawn patients, each as many times as its patient was drawn
+        expected = np.concatenate([np.flatnonzero(owner == p) for p in draw])
+        assert sorted(idx.tolist()) == sorted(expected.tolist())
+    # another kind of unit (one per patient) sees the same patients in every round
+    per_patient = boot.indices(["p1", "p2", "p3"])
+    for draw, idx in zip(boot.draws, per_patient):
+        assert sorted(idx.tolist()) == sorted(draw.tolist())
+
+
+def test_patient_bootstrap_interval_by_hand():
+    units = ["a", "a", "b", "c", "c", "c", "d"]
+    values = np.array([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    boot = stats.PatientBootstrap(units, rounds=500, seed=3)
+    reps = boot.replicate(lambda i: values[i].mean(), units)
+    by_hand = []
+    members = {p: [k for k, u in enumerate(units) if u == p] for p in boot.patients}
+    for draw in boot.draws:
+        chosen = [k for p in draw for k in members[boot.patients[p]]]
+        by_hand.append(values[chosen].mean())
+    assert np.allclose(reps, by_hand)
+    lo, hi = stats.interval(reps)
+    assert lo == pytest.approx(np.percentile(by_hand, 2.5)) and hi == pytest.approx(np.percentile(by_hand, 97.5))
+
+
+def test_paired_interval_pools_seeds_on_shared_resamples():
+    units = [f"p{i}" for i in range(30)]
+    rng = np.random.default_rng(1)
+    a1, a2, b1, b2 = (rng.random(30) for _ in range(4))
+    boot = stats.PatientBootstrap(units, rounds=300, seed=2)
+    rep = lambda v: boot.replicate(lambda i: v[i].mean(), units)  # noqa: E731
+    f = stats.paired([a1.mean(), a2.mean()], [rep(a1), rep(a2)], [b1.mean(), b2.mean()], [rep(b1), rep(b2)], 30)
+    assert f["value"] == pytest.approx((a1.mean() + a2.mean()) / 2 - (b1.mean() + b2.mean()) / 2)
+    diff = [((a1[i].mean() + a2[i].mean()) - (b1[i].mean() + b2[i].mean())) / 2 for i in boot.indices(units)]
+    assert f["ci_low"] == pytest.approx(np.percentile(diff, 2.5)) and f["ci_high"] == pytest.approx(np.percentile(diff, 97.5))
+    # a model against itself: exactly zero, with a zero-width interval
+    same = stats.paired([a1.mean()], [rep(a1)], [a1.mean()], [rep(a1)], 30)
+    assert same["value"] == same["ci_low"] == same["ci_high"] == 0.0
+
+
+def test_top1_counts_case_twins_as_one_candidate():
+    texts = ["Left apex mass", "left apex mass", "right base opacity"]
+    table = {"left apex mass": [1.0, 0.0], "Left apex mass": [1.0, 0.0], "right base opacity": [0.0, 1.0]}
+    embed = lambda ts: np.array([table[t] for t in ts])  # noqa: E731  twins embed alike, as a real tower does
+    roi = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9]])
+    assert top1_unique(roi, texts, embed).tolist() == [1.0, 1.0, 1.0]  # with a case-sensitive pool one would lose
+    assert top1_unique(roi[:, ::-1], texts, embed).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_robustness_statements_differ_only_in_the_tested_attribute():
+    pairs = [{"roi": 4, "observation": "Pleural Effusion", "laterality": "left", "zone": "lower",
+              "stated": {("Pleural Effusion", "left"), ("Pleural Other", "left")}},
+             {"roi": 7, "observation": "Atelectasis", "laterality": "bilateral", "zone": "lower",
+              "stated": {("Atelectasis", "bilateral")}}]
+    clear = [{"roi": 9, "observation": "Pneumothorax", "laterality": "right", "zone": ""}]
+    tests = alternatives(pairs, clear)
+    assert tests["side"] == [(4, "there is pleural effusion in the left lower zone",
+                              "there is pleural effusion in the right lower zone", "Pleural Effusion")]  # none bilateral
+    assert tests["negated"][0][2] == "there is no pleural effusion in the left lower zone"
+    assert tests["uncertain"][0][2] == "there may be pleural effusion in the left lower zone"
+    # the other finding (the next in vocab.REGIONAL) is one the report does not state there: pleural thickening is
+    # stated on the left, so pneumonia
+    assert tests["other_finding"][0][2] == "there is pneumonia in the left lower zone"
+    assert tests["converse"] == [(9, "there is no pneumothorax in the right lung", "there is pneumothorax in the right lung",
+                                  "Pneumothorax")]
+
+
+def test_clear_regions_are_sides_with_nothing_stated():
+    rois = {"roi_kind": ["image", "lung", "zone", "lung", "zone", "lesion"],
+            "roi_laterality": ["", "right", "right", "left", "left", "left"],
+            "roi_zone": ["", "", "lower", "", "upper", "upper"]}
+    phrases = {"phrase_observation": ["Lung Lesion", "Pneumothorax", "Pleural Effusion", "Cardiomegaly"],
+               "phrase_negated": [False, True, True, False], "phrase_laterality": ["left", "", "", ""]}
+    got = clear_regions(rois, phrases)
+    assert got == [(1, "Pleural Effusion", "right", ""), (1, "Pneumothorax", "right", ""),
+                   (2, "Pleural Effusion", "right", "lower"), (2, "Pneumothorax", "right", "lower")]
+    # a present finding without a side could be anywhere: no side is clear
+    phrases["phrase_observation"][3], phrases["phrase_laterality"][3] = "Edema", ""
+    assert clear_regions(rois, phrases) == []
+
+
+def test_a_pinned_manifest_that_no_longer_matches_stops_with_a_message(tmp_path):
+    body = manifest_body(["img1", "img2", "img3"], None, "test split images with a report")
+    (tmp_path / "test_images.json").write_text(body)
+    assert pinned_ids(tmp_path, "test_images") == ["img1", "img2", "img3"]
+    assert pinned_ids(tmp_path, "retrieval") is None and pinned_ids("", "test_images") is None
+    check_pinned(tmp_path, "test_images", body)  # the same set: fine
+    check_pinned(tmp_path, "retrieval", body)  # nothing pinned for this set: fine
+    changed = manifest_body(["img1", "img2", "img4"], None, "test split images with a report")
+    with pytest.raises(ManifestMismatch, match=r"no longer matches the data .*1 pinned entries missing, e.g. \['img3'\]"):
+        check_pinned(tmp_path, "test_images", changed)
+    assert json.loads(changed)["ids"][-1] == "img4"
+
+
+def test_caption_groups_mark_duplicates_after_normalisation():
+    reports, mirrored = caption_groups(["Left apex mass.", "left  apex mass", "No acute process.", "right apex mass"],
+                                       ["right apex mass"])
+    assert reports[0] == reports[1] != reports[2]
+    assert mirrored[0] == reports[3]  # ids are shared across the lists
