@@ -47,7 +47,7 @@ def _load(cfg: dict, results: str | Path):
 
     size = models.input_size(cfg["model"])
     return load_region_data(_inputs(results, size), {"train"}, size, cfg["uncertain"], cfg["negatives"],
-                            cfg["max_pairs_per_image"])
+                            cfg["max_pairs_per_image"], cfg["clear_pairs"])
 
 
 def bench_loading(results: str | Path = "results", repeats: int = 5) -> dict:

@@ -96,10 +96,12 @@ PHRASE_KEYS = ["phrase", "phrase_observation", "phrase_negated", "phrase_uncerta
 
 
 def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str = "own", negatives: int = 4,
-                     max_pairs_per_image: int = 4) -> RegionData:
+                     max_pairs_per_image: int = 4, clear_pairs: int = 0) -> RegionData:
     """The student's training data, joined by image_id from one shard id each of: `inputs` (model_inputs, the
-    images at `size`), `normalized` (the split), `crops`, `reports` and `embed`; plus the `concepts` file."""
-    from .pairing import negative_captions, pair_caption, pair_rois, stated_findings
+    images at `size`), `normalized` (the split), `crops`, `reports` and `embed`; plus the `concepts` file.
+    clear_pairs: up to this many lung ROIs per image where the report states nothing, each paired with one finding
+    the report negates (pairing.clear_captions; rule "clear")."""
+    from .pairing import clear_captions, clear_regions, negative_captions, pair_caption, pair_rois, stated_findings
 
     with Shard(shards["concepts"]) as c:
         table, attrs = c.table("concepts"), c.attrs
@@ -152,6 +154,19 @@ def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str =
                                                                    negatives, stated))
                     out["pair_laterality"].append(rois["roi_laterality"][pair.roi])
                     out["pair_rule"].append(pair.rule)
+                by_lung: dict[int, list] = {}
+                for c in clear_regions(rois, ph):
+                    if rois["roi_kind"][c[0]] == "lung":
+                        by_lung.setdefault(c[0], []).append(c)
+                # one negated finding per clear lung, taken in turn across images for variety
+                for roi, obs, side, zone in [cs[index % len(cs)] for cs in by_lung.values()][:clear_pairs]:
+                    text, negs = clear_captions(obs, side, zone)
+                    shard_rois.append(first_roi + roi)
+                    out["pair_image"].append(index)
+                    out["pair_text"].append(text)
+                    out["pair_negatives"].append(negs)
+                    out["pair_laterality"].append(side)
+                    out["pair_rule"].append("clear")
             if shard_rois:
                 out["pair_box"] += list(roi_boxes[shard_rois] * scale)
                 out["teacher_roi"] += list(roi_emb[shard_rois].astype(np.float32))

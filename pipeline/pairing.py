@@ -99,6 +99,28 @@ def negative_captions(phrase: str, observation: str, side: str, zone: str, uncer
     return kept[:k]
 
 
+def clear_regions(rois: dict, phrases: dict) -> list[tuple[int, str, str, str]]:
+    """(ROI, observation, side, zone) of the regions a report says are clear: each lung and zone ROI on a side where
+    the report states no regional finding as present or possible (a finding without a side counts for both), with
+    each regional observation the report negates. Training pairs lung ROIs with "no X in the right lung"
+    (`clear_captions`); evaluation's converse test uses them all."""
+    busy = set()
+    for o, n, side in zip(phrases["phrase_observation"], phrases["phrase_negated"], phrases["phrase_laterality"]):
+        if not n and o in REGIONAL:
+            busy |= {"right", "left"} if side in ("bilateral", "") else {side}
+    negated = sorted({o for o, n in zip(phrases["phrase_observation"], phrases["phrase_negated"]) if n and o in REGIONAL})
+    return [(i, o, side, zone) for i, (kind, side, zone) in enumerate(zip(
+        rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]))
+        if kind in ("lung", "zone") and side in ("right", "left") and side not in busy for o in negated]
+
+
+def clear_captions(observation: str, side: str, zone: str) -> tuple[str, list[str]]:
+    """The caption a clear region is pulled towards and its hard negative: "no pneumothorax in the right lung" over
+    "pneumothorax in the right lung". What a report negates grounds to a region with nothing there."""
+    present = caption(observation, side, zone)
+    return f"no {present}", [present]
+
+
 def read_truth(truth_dir: str | Path) -> tuple[dict, dict]:
     """The synthetic ground truth: {(dicom_id, finding_index): (x0, y0, x1, y1) original pixels} and
     {(study_id, sentence, observation): finding_index} for the phrases that describe a drawn finding."""

@@ -8,8 +8,8 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipeline import stats
-from pipeline.stages.evaluate import (ManifestMismatch, alternatives, check_pinned, clear_regions, manifest_body,
-                                      pinned_ids, top1_unique)
+from pipeline.pairing import clear_regions
+from pipeline.stages.evaluate import ManifestMismatch, alternatives, check_pinned, manifest_body, pinned_ids, top1_unique
 from pipeline.trainer import caption_groups
 
 

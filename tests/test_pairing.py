@@ -128,3 +128,17 @@ def test_negatives_and_captions():
     assert caption("Pneumothorax", "left", "") == "pneumothorax in the left lung"
     assert caption("Pneumothorax", "", "") == "pneumothorax"
     assert caption("Lung Lesion", "right", "upper") == "nodule in the right upper zone"
+
+
+def test_clear_regions_pull_towards_what_the_report_negates():
+    from pipeline.pairing import clear_captions, clear_regions
+
+    rois = {"roi_kind": ["lung", "lung", "zone"], "roi_laterality": ["right", "left", "left"],
+            "roi_zone": ["", "", "lower"]}
+    ph = {"phrase_observation": ["Pleural Effusion", "Pneumothorax"], "phrase_negated": [False, True],
+          "phrase_laterality": ["left", ""]}
+    assert clear_regions(rois, ph) == [(0, "Pneumothorax", "right", "")]  # the left lung has an effusion
+    assert clear_captions("Pneumothorax", "right", "") == ("no pneumothorax in the right lung",
+                                                           ["pneumothorax in the right lung"])
+    # a flip mirrors it like any other caption
+    assert mirror_text(clear_captions("Pneumothorax", "right", "")[0]) == "no pneumothorax in the left lung"

@@ -46,7 +46,7 @@ from ..config import seed_replicas
 from ..data import report_text
 from ..io import atomic_path, usable_threads
 from ..labels import OBSERVATIONS
-from ..pairing import accuracy_on_truth, pair_caption, pair_rois, read_truth, stated_findings
+from ..pairing import accuracy_on_truth, clear_regions, pair_caption, pair_rois, read_truth, stated_findings
 from ..shards import Shard, decode
 from ..vocab import OTHER_SIDE, REGIONAL, normalize_text, statement
 from .normalize import as_uint8, to_normalized
@@ -73,20 +73,6 @@ class TestSet:
     roi_crop: np.ndarray  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines)
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box, stated
     clear: list[dict] = field(default_factory=list)  # image, roi, observation, laterality, zone: nothing stated there
-
-
-def clear_regions(rois: dict, phrases: dict) -> list[tuple[int, str, str, str]]:
-    """(ROI, observation, side, zone) for the converse test: each lung and zone ROI on a side where the report
-    states no regional finding as present or possible (a finding without a side counts for both), with each
-    regional observation the report negates."""
-    busy = set()
-    for o, n, side in zip(phrases["phrase_observation"], phrases["phrase_negated"], phrases["phrase_laterality"]):
-        if not n and o in REGIONAL:
-            busy |= {"right", "left"} if side in ("bilateral", "") else {side}
-    negated = sorted({o for o, n in zip(phrases["phrase_observation"], phrases["phrase_negated"]) if n and o in REGIONAL})
-    return [(i, o, side, zone) for i, (kind, side, zone) in enumerate(zip(
-        rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]))
-        if kind in ("lung", "zone") and side in ("right", "left") and side not in busy for o in negated]
 
 
 def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, split: str = "test",

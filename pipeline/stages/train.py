@@ -40,8 +40,8 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
     spec = json.loads(Path(spec_path).read_text())
     cfg, inputs, out_dir = spec["cfg"], spec["inputs"], Path(spec_path).parent
     data = load_region_data(inputs, {"train"}, models.input_size(cfg["model"]), cfg["uncertain"], cfg["negatives"],
-                            cfg["max_pairs_per_image"])
-    rules = {r: data.pair_rule.count(r) for r in ("lesion", "zone", "lung")}
+                            cfg["max_pairs_per_image"], cfg["clear_pairs"])
+    rules = {r: data.pair_rule.count(r) for r in ("lesion", "zone", "lung", "clear")}
     log.info("%d training images, %d ROI-phrase pairs (%s), %d concept prompts; teacher %s", len(data),
              len(data.pair_text), ", ".join(f"{k} {v}" for k, v in rules.items()), len(data.concepts),
              data.teacher_sha256[:12])
