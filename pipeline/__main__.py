@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="U-Net weights (default: segment.weights, else results/segmenter/unet.pt)")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
-    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train"])
-    s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize)")
+    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train", "scale"])
+    s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize, scale)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
     s.add_argument("--teacher-model", default=None, help="bench train: the online teacher's architecture "
                    "(default teacher.model; medclip-vit-b-16 shows a GPU-sized teacher, randomly initialised)")

@@ -172,6 +172,19 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
               f"  whole loader (pairing, captions, teacher embeddings too): {ld['loader_samples_s']:.0f}/s, with "
               f"PNG pixels {ld['png_loader_samples_s']:.0f}/s: {ld['loader_ratio']:.2f}x")
         return res
+    if stage == "scale":
+        from .bench_scale import bench_scale
+
+        res = bench_scale(n or 48)
+        print(f"scale: the same {res['N']['images']}-image and {res['10N']['images']}-image synthetic sets "
+              f"(built in {res['build_N_s']:.0f} s and {res['build_10N_s']:.0f} s), 20 student steps each")
+        for name in ("N", "10N", "in_memory_N"):
+            m = res[name]
+            print(f"  {name:>11}: {m['images']} images, {m['pairs']} pairs: peak RSS {m['peak_rss_mb']:.0f} MB "
+                  f"(workers {m['worker_peak_rss_mb']:.0f} MB), {m['samples_s']:.1f} samples/s")
+        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x (target <= 1.15); streaming / in-memory samples/s at N: "
+              f"{res['speed_ratio']:.2f}x (target >= 0.9)")
+        return res
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)
         print(f"normalize: {res['images']} DICOMs of {res['source_rows']} rows -> {res['out_size']}px")

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from . import models
 from .config import config_sha256
-from .data import ImageReportPairs, RegionData, resize
+from .data import ImageReportPairs, RegionData
 from .io import atomic_path, usable_threads
 from .losses import RegionAwareLoss
 from .vocab import mirror_text, normalize_text
@@ -48,12 +48,27 @@ def lr_at(step: int, cfg: dict) -> float:
     return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def batch_indices(step: int, n: int, batch_size: int, seed: int) -> np.ndarray:
-    """The examples of `step`: epoch e is a permutation drawn from (seed, e); no state to save."""
+def epoch_order(n: int, seed: int, epoch: int, shard: np.ndarray | None = None, window: int = 0) -> np.ndarray:
+    """The examples of an epoch in training order, drawn from (seed, epoch) alone (no state to save, so a resumed run
+    continues mid-epoch exactly). Shard-aware: the shards in a random order, each shard's rows kept together, then
+    shuffled within consecutive windows of `window` examples, so reads stay near-sequential and a batch touches one
+    or two shards. window 0 (or no shards) = a full permutation."""
+    rng = np.random.default_rng([seed, epoch])
+    if shard is None or window <= 0 or window >= n:
+        return rng.permutation(n)
+    shards = np.unique(shard)
+    order = np.concatenate([np.flatnonzero(shard == k) for k in rng.permutation(shards)])
+    for start in range(0, n, window):
+        order[start : start + window] = rng.permutation(order[start : start + window])
+    return order
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int, shard: np.ndarray | None = None,
+                  window: int = 0) -> np.ndarray:
+    """The examples of `step`: batch k of epoch e (see epoch_order)."""
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return order[k * batch_size : (k + 1) * batch_size]
+    return epoch_order(n, seed, epoch, shard, window)[k * batch_size : (k + 1) * batch_size]
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -75,72 +90,61 @@ def _pixels(images: np.ndarray, flip: np.ndarray) -> torch.Tensor:
     return models.to_model_input(x, x.shape[-1])
 
 
-def caption_groups(*variants: list[str]) -> list[torch.Tensor]:
-    """One int64 id per text of each list, equal for texts that are the same caption (vocab.normalize_text), the
-    same ids across the lists: what the duplicate-aware losses mask."""
+def caption_groups(texts: list[str]) -> torch.Tensor:
+    """One int64 id per text, equal for texts that are the same caption (vocab.normalize_text): what the
+    duplicate-aware losses mask."""
     ids: dict[str, int] = {}
-    return [torch.tensor([ids.setdefault(normalize_text(t), len(ids)) for t in texts], dtype=torch.long)
-            for texts in variants]
+    return torch.tensor([ids.setdefault(normalize_text(t), len(ids)) for t in texts], dtype=torch.long)
 
 
 class GlobalBatches:
-    """Image <-> report batches (the teacher, the global baseline)."""
+    """Image <-> report batches (the teacher, the global baseline); images read on demand (data.ShardRows)."""
 
-    def __init__(self, pairs: ImageReportPairs, model_name: str, size: int, dedupe: bool = True):
-        self.images = resize(pairs.images, size)
-        self.reports = models.tokenizer(model_name)(pairs.reports)
-        self.report_groups = caption_groups(pairs.reports)[0] if dedupe else None
+    def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True):
+        self.pairs, self.dedupe = pairs, dedupe
+        self.tok = models.tokenizer(model_name)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.pairs.image_id)
+
+    @property
+    def shard(self) -> np.ndarray:
+        return self.pairs.shard
 
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
-        batch = {"image": _pixels(self.images[idx], np.zeros(len(idx), bool)), "report": _trim(self.reports[idx])}
-        if self.report_groups is not None:
-            batch["report_groups"] = self.report_groups[idx]
+        reports = [self.pairs.reports[i] for i in idx]
+        batch = {"image": _pixels(self.pairs.images[idx], np.zeros(len(idx), bool)), "report": _trim(self.tok(reports))}
+        if self.dedupe:
+            batch["report_groups"] = caption_groups(reports)
         return batch
 
 
 class RegionBatches:
     """Images, reports, and every paired ROI (its image in the batch and its box) of the batch's images with its
-    phrase, hard negatives and the teacher's concept distribution. Side-aware flips: a flipped image's ROI boxes
-    are mirrored with it, its texts have left and right swapped, and the teacher's concept distribution is
-    permuted by the concepts' mirror map. With cfg["dedupe"], each report and phrase carries the id of its caption
-    (mirrored texts have their own), for the duplicate-aware L_global and L_ROI."""
+    phrase, hard negatives and the teacher's concept distribution, assembled per batch (in DataLoader workers) from
+    what `data.load_region_data` joined: images and the teacher's ROI embeddings are read on demand, texts are
+    tokenized here. Side-aware flips: a flipped image's ROI boxes are mirrored with it, every text of it is
+    mirrored (vocab.mirror_text), and the teacher's concept distribution is permuted by the concepts' mirror map.
+    With cfg["dedupe"], each report and phrase carries the id of its caption within the batch, for the
+    duplicate-aware L_global and L_ROI."""
 
     def __init__(self, data: RegionData, model_name: str, cfg: dict):
         self.data, self.cfg = data, cfg
-        tok = models.tokenizer(model_name)
-        texts = {"report": data.reports, "pair": data.pair_text}
-        k = max([len(n) for n in data.pair_negatives], default=0)
-        negatives = [n + [""] * (k - len(n)) for n in data.pair_negatives]
-        self.negative_mask = torch.tensor([[j < len(n) for j in range(k)] for n in data.pair_negatives],
-                                          dtype=torch.bool).reshape(-1, k)
-        flat_neg = [t for n in negatives for t in n]
-        self.tokens = {False: self._tokenize(tok, texts, flat_neg, k)}
-        mirrored = {name: [mirror_text(t) for t in ts] for name, ts in texts.items()}
-        if cfg["hflip"] > 0:  # the mirrored texts, tokenized once
-            self.tokens[True] = self._tokenize(tok, mirrored, [mirror_text(t) for t in flat_neg], k)
-        self.groups = None
-        if cfg.get("dedupe", True):
-            names = list(texts)
-            ids = caption_groups(*[texts[n] for n in names], *[mirrored[n] for n in names])
-            self.groups = {False: dict(zip(names, ids[: len(names)])), True: dict(zip(names, ids[len(names) :]))}
-        self.concepts = tok(data.concepts, context_length=SHORT_CONTEXT)
-        logits = data.teacher_scale * data.teacher_roi @ data.teacher_concepts.T  # (M, T)
-        self.teacher_logits = torch.from_numpy(logits.astype(np.float32))
+        self.tok = models.tokenizer(model_name)
+        self.k = max([len(n) for n in data.pair_negatives], default=0)
+        self.concepts = self.tok(data.concepts, context_length=SHORT_CONTEXT)
+        self.teacher_concepts = data.teacher_scale * data.teacher_concepts.T  # (Dt, T)
         self.concept_swap = torch.from_numpy(data.concept_swap)
         # pairs are stored image by image: image i owns pairs bounds[i]:bounds[i + 1]
         bounds = np.searchsorted(data.pair_image, np.arange(len(data) + 1))
         self.pairs_of = [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
-    @staticmethod
-    def _tokenize(tok, texts: dict, flat_neg: list[str], k: int) -> dict[str, torch.Tensor]:
-        return {"report": tok(texts["report"]), "pair": tok(texts["pair"], context_length=SHORT_CONTEXT),
-                "negative": tok(flat_neg, context_length=SHORT_CONTEXT).reshape(len(texts["pair"]), k, -1)}
-
     def __len__(self) -> int:
         return len(self.data)
+
+    @property
+    def shard(self) -> np.ndarray:
+        return self.data.shard
 
     def flips(self, idx: np.ndarray, step: int) -> np.ndarray:
         p = self.cfg["hflip"]
@@ -148,34 +152,37 @@ class RegionBatches:
                          for i in idx], dtype=bool)
 
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
-        d, cfg = self.data, self.cfg
+        d, cfg, tok = self.data, self.cfg, self.tok
         flip = self.flips(idx, step)
         counts = [len(self.pairs_of[i]) for i in idx]
         pairs = np.concatenate([self.pairs_of[i] for i in idx] + [np.zeros(0, np.int64)])
         pair_flip, roi_image = np.repeat(flip, counts), np.repeat(np.arange(len(idx)), counts)
-        report = torch.stack([self.tokens[bool(f)]["report"][i] for i, f in zip(idx, flip)])
-        batch = {"image": _pixels(d.images[idx], flip), "report": _trim(report)}
-        if self.groups is not None:
-            batch["report_groups"] = torch.stack([self.groups[bool(f)]["report"][i] for i, f in zip(idx, flip)])
+        seen = lambda text, f: mirror_text(text) if f else text  # noqa: E731  the text of the image as trained
+        reports = [seen(d.reports[i], f) for i, f in zip(idx, flip)]
+        batch = {"image": _pixels(d.images[idx], flip), "report": _trim(tok(reports))}
+        if cfg.get("dedupe", True):
+            batch["report_groups"] = caption_groups(reports)
         if len(pairs) == 0:
             return batch
         n_concepts = cfg["concepts_per_step"] or len(d.concepts)
         subset = np.sort(np.random.default_rng([cfg["seed"], step, 2]).permutation(len(d.concepts))[:n_concepts])
-        teacher = self.teacher_logits[pairs]
+        teacher = torch.from_numpy((d.teacher_roi[pairs].astype(np.float32) @ self.teacher_concepts).astype(np.float32))
         mirrored = teacher[:, self.concept_swap]  # p_teacher(T | mirrored ROI) = p_teacher(swap(T) | ROI)
         teacher = torch.where(torch.from_numpy(pair_flip)[:, None], mirrored, teacher)[:, subset]
-        phrase = torch.stack([self.tokens[bool(f)]["pair"][p] for p, f in zip(pairs, pair_flip)])
-        negative = torch.stack([self.tokens[bool(f)]["negative"][p] for p, f in zip(pairs, pair_flip)])
-        r, k, _ = negative.shape
-        short = _trim(torch.cat([phrase, negative.reshape(r * k, -1), self.concepts[subset]]))
+        phrases = [seen(d.pair_text[p], f) for p, f in zip(pairs, pair_flip)]
+        negatives = [[seen(t, f) for t in d.pair_negatives[p]] for p, f in zip(pairs, pair_flip)]
+        negative_mask = torch.tensor([[j < len(n) for j in range(self.k)] for n in negatives], dtype=torch.bool)
+        flat_neg = [t for n in negatives for t in n + [""] * (self.k - len(n))]
+        short = _trim(torch.cat([tok(phrases, context_length=SHORT_CONTEXT), tok(flat_neg, context_length=SHORT_CONTEXT),
+                                 self.concepts[subset]]))
         size = d.images.shape[-1]
         box = d.pair_box[pairs].copy()  # a flipped image's boxes are mirrored with it
         box[pair_flip] = np.stack([size - box[pair_flip, 2], box[pair_flip, 1], size - box[pair_flip, 0],
                                    box[pair_flip, 3]], 1)
         batch.update(roi_image=torch.from_numpy(roi_image), roi_box=torch.from_numpy(box), short=short,
-                     negative_mask=self.negative_mask[pairs], teacher_logits=teacher)
-        if self.groups is not None:
-            batch["phrase_groups"] = torch.stack([self.groups[bool(f)]["pair"][p] for p, f in zip(pairs, pair_flip)])
+                     negative_mask=negative_mask.reshape(-1, self.k), teacher_logits=teacher)
+        if cfg.get("dedupe", True):
+            batch["phrase_groups"] = caption_groups(phrases)
         return batch
 
 
@@ -208,6 +215,40 @@ class CLIPTrainStep(nn.Module):
         phrase, negative, concepts = short[:r], short[r : r + r * k].reshape(r, k, -1), short[r + r * k :]
         return self.loss(image, report, scale, roi, phrase, negative, batch["negative_mask"], concepts,
                          teacher_logits=batch["teacher_logits"], **groups)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item j is step `start + j`: this process's share of the step's examples (rank::world), split into
+    micro-batches and assembled by `batches`. A DataLoader over it runs the assembly (reads, flips, pairing,
+    tokenization) in its workers; the order is a pure function of (seed, step), so resuming is exact."""
+
+    def __init__(self, batches, cfg: dict, start: int, rank: int = 0, world: int = 1):
+        self.batches, self.cfg, self.start, self.rank, self.world = batches, cfg, start, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.cfg["steps"] - self.start)
+
+    def indices(self, step: int) -> np.ndarray:
+        cfg = self.cfg
+        return batch_indices(step, len(self.batches), cfg["batch_size"], cfg["seed"], self.batches.shard,
+                             cfg.get("shuffle_window", 0))[self.rank :: self.world]
+
+    def __getitem__(self, j: int) -> list[dict[str, torch.Tensor]]:
+        step = self.start + j
+        micros = [m for m in np.array_split(self.indices(step), self.cfg["accumulate"]) if len(m)]
+        return [self.batches(m, step) for m in micros]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # a worker assembles batches; the main process computes
+
+
+def step_loader(batches, cfg: dict, start: int, rank: int, world: int, pin: bool) -> torch.utils.data.DataLoader:
+    workers = cfg.get("num_workers", 0)
+    return torch.utils.data.DataLoader(
+        StepBatches(batches, cfg, start, rank, world), batch_size=None, shuffle=False, num_workers=workers,
+        prefetch_factor=cfg.get("prefetch_factor", 2) if workers else None, pin_memory=pin,
+        worker_init_fn=_worker_init if workers else None)
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict) -> None:
@@ -264,16 +305,15 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     t0, terms_sum = time.perf_counter(), {}
     clip.train()
     metrics = open(metrics_path, "a") if rank == 0 else None
+    loader = step_loader(batches, cfg, start, rank, world, pin=device.type == "cuda")
     try:
-        for step in range(start, cfg["steps"]):
+        for step, micros in zip(range(start, cfg["steps"]), loader):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            idx = batch_indices(step, len(batches), cfg["batch_size"], cfg["seed"])[rank::world]
             optimizer.zero_grad(set_to_none=True)
             terms_sum = {}
-            micros = [m for m in np.array_split(idx, cfg["accumulate"]) if len(m)]
             for j, micro in enumerate(micros):
-                batch = {k: v.to(device) for k, v in batches(micro, step).items()}
+                batch = {k: v.to(device, non_blocking=True) for k, v in micro.items()}
                 sync = contextlib.nullcontext() if world == 1 or j == len(micros) - 1 else net.no_sync()
                 with sync:
                     with autocast:
@@ -317,5 +357,5 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
 def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads: int = 1,
                stop_after: int | None = None) -> dict:
     """The teacher: an image <-> report CLIP trained from scratch with L_global alone."""
-    batches = GlobalBatches(pairs, cfg["model"], models.input_size(cfg["model"]), cfg.get("dedupe", True))
+    batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True))
     return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after)

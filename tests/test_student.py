@@ -72,9 +72,9 @@ def region_data(n: int = 6, size: int = 96) -> RegionData:
     boxes = np.tile(np.array([size / 2, 0, size, size], np.float32), (n, 1))
     return RegionData(
         [f"i{k}" for k in range(n)], images, [f"small left pleural effusion {k}" for k in range(n)],
-        np.arange(n), boxes, ["small left pleural effusion"] * n,
+        np.zeros(n, np.int64), np.arange(n), boxes, ["small left pleural effusion"] * n,
         [negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own")] * n,
-        ["left"] * n, ["lesion"] * n, rng.standard_normal((n, 8)).astype(np.float32), pool.prompt, pool.swap,
+        ["left"] * n, ["lesion"] * n, rng.standard_normal((n, 8)).astype(np.float16), pool.prompt, pool.swap,
         rng.standard_normal((len(pool), 8)).astype(np.float32), 10.0, "0" * 64)
 
 

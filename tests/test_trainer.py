@@ -17,7 +17,8 @@ def pairs():
     rng = np.random.default_rng(0)
     texts = ["small left pleural effusion", "no pneumothorax", "right lower lobe opacity", "mild edema",
              "cardiomegaly", "normal chest", "left apical pneumothorax", "bibasilar atelectasis"]
-    return ImageReportPairs([f"i{k}" for k in range(8)], rng.integers(0, 255, (8, 64, 64), dtype=np.uint8), texts)
+    return ImageReportPairs([f"i{k}" for k in range(8)], rng.integers(0, 255, (8, 96, 96), dtype=np.uint8), texts,
+                            np.zeros(8, np.int64))
 
 
 @pytest.fixture

@@ -76,13 +76,21 @@ def run_config(wildcards):
     return pipeline_config.run_config(config, wildcards.run)
 
 
-def model_input_files(wildcards):
-    """The model_inputs shards at the input size of the run's architecture (read from its JSON config, which
-    spares the workflow an open_clip import)."""
-    model = run_config(wildcards)["model"]
+def input_files(model):
+    """The model_inputs shards at the input size of an architecture (read from its JSON config, which spares the
+    workflow an open_clip import)."""
     with open(f"{workflow.basedir}/pipeline/models/{model}.json") as f:
         size = json.load(f)["vision_cfg"]["image_size"]
     return expand("results/inputs/{size}px/shard-{shard}.h5", size=size, shard=shard_ids())
+
+
+def model_input_files(wildcards):
+    """The model_inputs shards a run's architecture reads."""
+    return input_files(run_config(wildcards)["model"])
+
+
+def teacher_input_files(wildcards):
+    return input_files(config["teacher"]["model"])
 
 
 def ground_truth():

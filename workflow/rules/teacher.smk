@@ -1,5 +1,6 @@
 rule fit_teacher:
     input:
+        inputs=teacher_input_files,
         normalized=shard_files("normalize"),
         reports=shard_files("reports"),
     output:
