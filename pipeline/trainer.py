@@ -2,7 +2,8 @@
 
 It trains the teacher (`fit_teacher`: global loss only, the global baseline) and the region-aware student
 (`train`: the four losses). AdamW with linear warmup and cosine decay, gradient accumulation, gradient clipping,
-CLIP's logit scale clamped to 100, bf16 autocast on CUDA, one `metrics.jsonl` line per step with every loss
+CLIP's logit scale clamped to 100, autocast on CUDA (bf16, else fp16 with a GradScaler), optional activation
+checkpointing, frozen tower layers, channels-last and torch.compile (configure_memory), one `metrics.jsonl` line per step with every loss
 term, atomic checkpoints every `checkpoint_every` steps holding model, optimizer, step and config.
 
 Resuming: batch order, flips and concept subsets are pure functions of (seed, step), so a run killed after a
@@ -75,6 +76,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """No weight decay on gains, biases, embeddings and the logit scale (open_clip's choice)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # a locked tower layer
+            continue
         (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "ln" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -265,6 +268,30 @@ def _distributed() -> tuple[int, int, int]:
     return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def precision(cfg: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: on CUDA bf16 where the GPU has it, else fp16 (with a GradScaler); None = float32 (CPU,
+    or amp: off)."""
+    amp = cfg.get("amp", "auto")
+    if device.type != "cuda" or amp == "off":
+        return None
+    if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def configure_memory(clip: nn.Module, cfg: dict, device: torch.device) -> None:
+    """The memory knobs of a small GPU: activation checkpointing, frozen tower layers (open_clip's lock_*_tower),
+    channels-last images."""
+    if cfg.get("grad_checkpointing"):
+        clip.set_grad_checkpointing(True)
+    if cfg.get("lock_image_groups") is not None:  # keep the last n layer groups trainable
+        clip.lock_image_tower(unlocked_groups=cfg["lock_image_groups"], freeze_bn_stats=False)
+    if cfg.get("lock_text_layers") is not None:  # keep the last n text groups trainable (1 = the projection)
+        clip.lock_text_tower(unlocked_layers=cfg["lock_text_layers"], freeze_layer_norm=True)
+    if cfg.get("channels_last") and device.type == "cuda":
+        clip.to(memory_format=torch.channels_last)
+
+
 def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | None = None,
         stop_after: int | None = None) -> dict:
     """Train `cfg["model"]` on `batches` (GlobalBatches or RegionBatches) with the loss weights in cfg; writes
@@ -276,6 +303,7 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     torch.set_num_threads(usable_threads(threads) if world == 1 else max(1, usable_threads(threads) // world))
     device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     clip = models.create(cfg["model"], pretrained=init).to(device)
+    configure_memory(clip, cfg, device)
     loss_fn = RegionAwareLoss(cfg.get("alpha", 1.0), cfg.get("beta", 0.0), cfg.get("gamma", 0.0),
                               cfg.get("lambda", 0.0), symmetric=cfg["symmetric"])
     step_module = CLIPTrainStep(clip, loss_fn).to(device)
@@ -300,8 +328,12 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("".join(ln + "\n" for ln in lines))
 
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
-                else contextlib.nullcontext())
+    amp_dtype = precision(cfg, device)
+    autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    # fp16 needs its gradients scaled (bf16 has float32's range and does not)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    if cfg.get("compile"):
+        net = torch.compile(net)
     t0, terms_sum = time.perf_counter(), {}
     clip.train()
     metrics = open(metrics_path, "a") if rank == 0 else None
@@ -318,11 +350,13 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
                 with sync:
                     with autocast:
                         terms = net(batch)
-                    (terms["total_loss"] / len(micros)).backward()
+                    scaler.scale(terms["total_loss"] / len(micros)).backward()
                 for k, v in terms.items():
                     terms_sum[k] = terms_sum.get(k, 0.0) + v.item() / len(micros)
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(clip.parameters(), cfg["grad_clip"])
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             with torch.no_grad():  # CLIP's rule: 1/tau at most 100
                 clip.logit_scale.clamp_(0, math.log(100))
             if world > 1:  # log the mean over processes

@@ -199,3 +199,25 @@ def test_roi_embeddings_pool_the_patch_tokens_under_the_box():
         torch.testing.assert_close(roi[0], tokens[0, 13] @ clip.visual.proj)
         torch.testing.assert_close(roi[1], tokens[1].mean(0) @ clip.visual.proj)
         torch.testing.assert_close(image, clip.encode_image(pixels))
+
+
+def test_memory_knobs_keep_the_step_and_freeze_what_they_lock(train_cfg):
+    from pipeline.trainer import configure_memory, param_groups
+
+    batch = RegionBatches(region_data(), "medclip-tiny", train_cfg)(np.arange(4), step=0)
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        clip = models.create("medclip-tiny")
+        configure_memory(clip, {"grad_checkpointing": checkpointing}, torch.device("cpu"))
+        clip.train()
+        CLIPTrainStep(clip, RegionAwareLoss())(batch)["total_loss"].backward()
+        grads.append(clip.visual.conv1.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])  # activation checkpointing recomputes, it does not change
+    clip = models.create("medclip-tiny")
+    configure_memory(clip, {"lock_image_groups": 0, "lock_text_layers": 2}, torch.device("cpu"))
+    assert not any(p.requires_grad for p in clip.visual.parameters())
+    assert clip.transformer.resblocks[-1].mlp.c_fc.weight.requires_grad
+    assert not clip.transformer.resblocks[0].mlp.c_fc.weight.requires_grad
+    trainable = sum(len(g["params"]) for g in param_groups(clip, 0.1))
+    assert trainable == sum(p.requires_grad for p in clip.parameters())
