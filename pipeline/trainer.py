@@ -254,10 +254,24 @@ def step_loader(batches, cfg: dict, start: int, rank: int, world: int, pin: bool
         worker_init_fn=_worker_init if workers else None)
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict, best: dict | None = None) -> None:
     with atomic_path(path) as tmp:
         torch.save({"step": step, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "config": cfg, "config_sha256": config_sha256(cfg)}, tmp)
+                    "config": cfg, "config_sha256": config_sha256(cfg), "best": best}, tmp)
+
+
+@torch.no_grad()
+def validation_loss(step_module: nn.Module, val_batches, batch_size: int, device: torch.device, autocast) -> float:
+    """The run's own objective on the validate split: fixed batches in order, no flips, mean over examples."""
+    was_training = step_module.training
+    step_module.eval()
+    total, n = 0.0, 0
+    for idx in np.array_split(np.arange(len(val_batches)), max(1, -(-len(val_batches) // batch_size))):
+        with autocast:
+            loss = step_module({k: v.to(device) for k, v in val_batches(idx, 0).items()})["total_loss"]
+        total, n = total + loss.item() * len(idx), n + len(idx)
+    step_module.train(was_training)
+    return total / max(n, 1)
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -293,10 +307,15 @@ def configure_memory(clip: nn.Module, cfg: dict, device: torch.device) -> None:
 
 
 def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | None = None,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None, val_batches=None) -> dict:
     """Train `cfg["model"]` on `batches` (GlobalBatches or RegionBatches) with the loss weights in cfg; writes
     out_dir/model.pt (an open_clip state dict), metrics.jsonl and checkpoints/last.pt. `init` names weights to
-    start from. `stop_after` ends the run after that step's checkpoint (to test resuming)."""
+    start from. `stop_after` ends the run after that step's checkpoint (to test resuming).
+
+    Early stopping: with `val_batches` (the validate split, made like `batches` without flips) and
+    cfg["validate_every"] > 0, the run's own loss on the validate split is measured every that many steps and at
+    the end (`val_loss` in metrics.jsonl), and model.pt holds the weights of the best step, not the last: a small
+    training set is learnt by heart long before the schedule ends. The test split is never looked at."""
     out_dir = Path(out_dir)
     rank, world, local_rank = _distributed()
     torch.manual_seed(cfg["seed"])
@@ -312,13 +331,13 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     optimizer = torch.optim.AdamW(param_groups(clip, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
 
     ckpt_path, metrics_path = out_dir / "checkpoints" / "last.pt", out_dir / "metrics.jsonl"
-    start = 0
+    start, best = 0, None  # best: {"step", "val_loss", "state_dict"} of the best validated step
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt.get("config_sha256") == config_sha256(cfg):
             clip.load_state_dict(ckpt["state_dict"])
             optimizer.load_state_dict(ckpt["optimizer"])
-            start = ckpt["step"]
+            start, best = ckpt["step"], ckpt.get("best")
             log.info("resuming from step %d", start)
         else:
             log.info("checkpoint %s was made under another config; starting afresh", ckpt_path)
@@ -367,10 +386,16 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
             if rank == 0:
                 record = {"step": step, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                           "logit_scale": clip.logit_scale.exp().item(), **terms_sum}
+                every = cfg.get("validate_every", 0)
+                if val_batches is not None and len(val_batches) and every and (done % every == 0 or done == cfg["steps"]):
+                    record["val_loss"] = validation_loss(step_module, val_batches, cfg["batch_size"], device, autocast)
+                    if best is None or record["val_loss"] < best["val_loss"]:
+                        best = {"step": done, "val_loss": record["val_loss"],
+                                "state_dict": {k: v.detach().cpu().clone() for k, v in clip.state_dict().items()}}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"]:
-                    save_checkpoint(ckpt_path, clip, optimizer, done, cfg)
+                    save_checkpoint(ckpt_path, clip, optimizer, done, cfg, best)
                 if step % 20 == 0 or done == cfg["steps"]:
                     log.info("step %d/%d loss %.4f lr %.2e (%.0f s)", done, cfg["steps"], terms_sum["total_loss"],
                              record["lr"], time.perf_counter() - t0)
@@ -378,18 +403,23 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
                 return {"stopped_at": done}
         if rank == 0:  # loads with open_clip.create_model(name, pretrained=...)
             with atomic_path(out_dir / "model.pt") as tmp:
-                torch.save(clip.state_dict(), tmp)
+                torch.save(best["state_dict"] if best else clip.state_dict(), tmp)
+            if best:
+                log.info("model.pt: the weights of step %d (validate loss %.4f)", best["step"], best["val_loss"])
         if world > 1:
             dist.barrier()
     finally:
         if metrics is not None:
             metrics.close()
     return {"steps": cfg["steps"], "seconds": time.perf_counter() - t0, "examples": len(batches), "world": world,
-            "final_loss": terms_sum.get("total_loss") if cfg["steps"] > start else None}
+            "final_loss": terms_sum.get("total_loss") if cfg["steps"] > start else None,
+            "best_step": best["step"] if best else None, "best_val_loss": best["val_loss"] if best else None}
 
 
 def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads: int = 1,
-               stop_after: int | None = None) -> dict:
-    """The teacher: an image <-> report CLIP trained from scratch with L_global alone."""
+               stop_after: int | None = None, val_pairs: ImageReportPairs | None = None) -> dict:
+    """The teacher: an image <-> report CLIP trained from scratch with L_global alone (early stopping on
+    `val_pairs`, see fit)."""
     batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True))
-    return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after)
+    val = GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True)) if val_pairs is not None else None
+    return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after, val_batches=val)

@@ -42,6 +42,20 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, pairs, cfg)
     assert set(last) >= {"global_loss", "roi_loss", "total_loss", "lr", "logit_scale", "grad_norm"}
 
 
+def test_early_stopping_keeps_the_best_validated_step_and_resumes_exactly(tmp_path, pairs, cfg):
+    cfg = {**cfg, "validate_every": 2, "lr": 0.05}  # a rate this high overshoots: the best step is not the last
+    val = ImageReportPairs(pairs.image_id[:4], pairs.images[:4], pairs.reports[:4], pairs.shard[:4])
+    result = fit_global(pairs, cfg, tmp_path / "straight", val_pairs=val)
+    records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    validated = {r["step"] + 1: r["val_loss"] for r in records if "val_loss" in r}
+    assert sorted(validated) == [2, 4, 6]
+    assert result["best_step"] == min(validated, key=validated.get)
+    assert fit_global(pairs, cfg, tmp_path / "killed", stop_after=4, val_pairs=val) == {"stopped_at": 4}
+    assert fit_global(pairs, cfg, tmp_path / "killed", val_pairs=val)["best_step"] == result["best_step"]
+    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, pairs, cfg):
     fit_global(pairs, cfg, tmp_path / "run", stop_after=3)
     fit_global(pairs, {**cfg, "lr": cfg["lr"] * 2}, tmp_path / "run")

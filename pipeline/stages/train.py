@@ -39,8 +39,8 @@ def write_spec(path: str | Path, inputs: dict, cfg: dict, teacher: str) -> Path:
 def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) -> dict:
     spec = json.loads(Path(spec_path).read_text())
     cfg, inputs, out_dir = spec["cfg"], spec["inputs"], Path(spec_path).parent
-    data = load_region_data(inputs, {"train"}, models.input_size(cfg["model"]), cfg["uncertain"], cfg["negatives"],
-                            cfg["max_pairs_per_image"], cfg["clear_pairs"])
+    data, val = (load_region_data(inputs, {split}, models.input_size(cfg["model"]), cfg["uncertain"], cfg["negatives"],
+                                  cfg["max_pairs_per_image"], cfg["clear_pairs"]) for split in ("train", "validate"))
     rules = {r: data.pair_rule.count(r) for r in ("lesion", "zone", "lung", "clear")}
     log.info("%d training images, %d ROI-phrase pairs (%s), %d concept prompts; teacher %s", len(data),
              len(data.pair_text), ", ".join(f"{k} {v}" for k, v in rules.items()), len(data.concepts),
@@ -51,10 +51,12 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
     stages = ("inputs", "normalized", "crops", "reports", "embed")
     files = [f for k in stages for f in inputs[k]] + [inputs["concepts"]]
     cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else []))}
-    result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after)
+    val_batches = RegionBatches(val, cfg["model"], {**cfg, "hflip": 0.0})  # early stopping (trainer.fit)
+    result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after,
+                 val_batches=val_batches)
     if "stopped_at" in result or not rank0:
         return result
-    summary = {**result, "images": len(data), "pairs": len(data.pair_text), "pair_rules": rules,
+    summary = {**result, "images": len(data), "validate_images": len(val), "pairs": len(data.pair_text), "pair_rules": rules,
                "concepts": len(data.concepts), "teacher_sha256": data.teacher_sha256, "init": cfg["init"],
                "seed": cfg["seed"]}
     with atomic_path(out_dir / "summary.json") as tmp:

@@ -7,9 +7,9 @@ from pipeline.trainer import fit_global
 
 setup_logging(snakemake.log[0])
 cfg = snakemake.params.cfg
-pairs = load_pairs(snakemake.input.inputs, snakemake.input.normalized, snakemake.input.reports, {"train"},
-                   models.input_size(cfg["model"]))
+pairs, val = (load_pairs(snakemake.input.inputs, snakemake.input.normalized, snakemake.input.reports, {split},
+                          models.input_size(cfg["model"])) for split in ("train", "validate"))
 # a checkpoint resumes only under the same config and the same input shards
 files = [*snakemake.input.inputs, *snakemake.input.normalized, *snakemake.input.reports]
 cfg = {**cfg, "data_sha256": files_sha256(files)}
-fit_global(pairs, cfg, Path(snakemake.output.model).parent, threads=snakemake.threads)
+fit_global(pairs, cfg, Path(snakemake.output.model).parent, threads=snakemake.threads, val_pairs=val)
