@@ -12,7 +12,7 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
         "atelectasis", "atelectases", "atelectatic", "atelectatic change", "atelectatic changes", "atelectais",
         "atelectasis/scarring", "atelectasis/airspace disease",
         "subsegmental atelectasis", "plate-like atelectasis", "platelike atelectasis", "discoid atelectasis",
-        "linear atelectasis", "bibasilar atelectasis", "volume loss", "collapse", "lobar collapse",
+        "linear atelectasis", "bibasilar atelectasis", "collapse", "lobar collapse", "lobar atelectasis",
     ],
     "Cardiomegaly": [
         "cardiomegaly", "cardiomegally", "enlarged heart", "enlarged cardiac silhouette", "cardiac enlargement",
@@ -109,6 +109,10 @@ OTHER_TERMS = [
 
 # statements of normality that mean "negative" for an observation without any negation cue
 NORMAL_TERMS: dict[str, list[str]] = {
+    "Pleural Effusion": [
+        "costophrenic angles are sharp", "sharp costophrenic angles", "costophrenic angles are clear",
+        "costophrenic sulci are sharp", "sharp costophrenic sulci",
+    ],
     "Cardiomegaly": [
         "heart size is normal", "normal heart size", "heart size within normal limits",
         "heart size is within normal limits", "heart is normal in size", "heart is not enlarged",
@@ -197,6 +201,9 @@ PROBABLE_CUES = {
         "there is", "there are",
     ],
 }
+
+# a hedge word inside a mention ("borderline heart size", "heart size is borderline enlarged"): probable
+HEDGE_WORDS_INSIDE = {"borderline"}
 
 # token patterns of the heart stated large in a sentence's own order ("heart size is mildly enlarged", "the
 # heart is borderline in size", "heart size remains slightly large", "heart size is upper limits normal or

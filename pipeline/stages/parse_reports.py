@@ -181,6 +181,8 @@ def phrases_of(doc, section: str, sentence_offset: int = 0) -> list[Phrase]:
             continue
         normal = ent.ent_id_ == "normal"
         hedge = "" if normal else "possible" if ent._.uncertain else "probable" if ent._.probable else ""
+        if not normal and not hedge and any(t.lower_ in lx.HEDGE_WORDS_INSIDE for t in ent):
+            hedge = "probable"  # "borderline heart size": the hedge is part of the mention
         uncertain = bool(hedge)
         negated = (bool(ent._.negex) or normal) and not uncertain
         clause = _clause(ent)
