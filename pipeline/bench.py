@@ -142,7 +142,7 @@ def _print_real(res: dict, misses: int) -> None:
         if c["false_positive_phrases"]:
             print("    fired wrongly: " + "; ".join(f"{p}: {n}" for p, n in c["false_positive_phrases"]))
         if c["missed_negated_phrases"]:
-            print("    missed, read as negated: " + "; ".join(f"{p}: {n}" for p, n in c["missed_negated_phrases"]))
+            print("    missed, read as negated or only possible: " + "; ".join(f"{p}: {n}" for p, n in c["missed_negated_phrases"]))
         if c["missed_unmentioned"]:
             print(f"    missed, no mention found: {len(c['missed_unmentioned'])} studies")
             for sid in c["missed_unmentioned"][:misses]:

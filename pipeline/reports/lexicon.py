@@ -71,7 +71,7 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
     ],
     "Pneumonia": [
         "pneumonia", "pneumonias", "pna", "bronchopneumonia", "infectious process", "infection", "infections",
-        "aspiration pneumonia", "multifocal pneumonia", "lobar pneumonia", "pneumonic", "pneumonic infiltrate",
+        "aspiration pneumonia", "lobar pneumonia", "pneumonic", "pneumonic infiltrate",
     ],
     "Pneumothorax": [
         "pneumothorax", "pneumothoraces", "pneumothoraxes", "ptx", "hydropneumothorax",
@@ -183,7 +183,8 @@ UNCERTAINTY_CUES = {
         "difficult to exclude", "difficult to entirely exclude", "not entirely excluded", "may be present",
         "could be present", "are possible", "is not entirely excluded", "less likely",
     ],
-    "pseudo_negations": ["no possible", "unlikely"],
+    # "no opacity to suggest pneumonia": the negation governs
+    "pseudo_negations": ["no possible", "unlikely", "to suggest", "to suggest a", "to suggest an"],
     "termination": [
         "but", "however", "although", "though", "except", "which", "while", "whereas", "no", "without",
         "there is", "there are",
@@ -196,9 +197,10 @@ PROBABLE_CUES = {
     ],
     "following_negations": ["versus", "vs", "vs.", "is likely", "is probable", "are likely", "likely", "favored"],
     "pseudo_negations": ["less likely", "unlikely", "not likely"],
+    # a comma ends it: "right base opacity, likely atelectasis" hedges the atelectasis, not the opacity
     "termination": [
         "but", "however", "although", "though", "except", "which", "while", "whereas", "no", "without",
-        "there is", "there are",
+        "there is", "there are", ",", ";",
     ],
 }
 
@@ -214,7 +216,7 @@ _BETWEEN = {"LOWER": {"IN": ["size", "silhouette", "contour", "contours", "shado
                              "are", "at", "xxxx", "___", "mildly", "moderately", "slightly", "severely", "markedly",
                              "massively", "persistently", "again", "now", "stable", "still", "somewhat", "minimally",
                              "borderline", "upper", "limits", "limit", "of", "normal", "or", "to", "top", "and",
-                             "stably", "also", "considerably", "significantly", "the", "very"]}, "OP": "{0,6}"}
+                             "stably", "also", "considerably", "significantly", "the", "very"]}, "OP": "{0,8}"}
 CARDIOMEGALY_PATTERNS = [
     [_HEART, _BETWEEN, {"LOWER": {"IN": ["enlarged", "large", "enlargement"]}}],
     [_HEART, {"LOWER": {"IN": ["is", "size", "remains"]}, "OP": "{0,2}"}, {"LOWER": "borderline"},

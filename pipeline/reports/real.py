@@ -117,7 +117,7 @@ def label_scores(gold: pd.DataFrame, predicted: pd.DataFrame) -> dict:
 
 def confusions(gold: pd.DataFrame, predicted: pd.DataFrame, phrases: dict[str, list], top: int = 8) -> dict:
     """The confusions that cost most, per shared label: for false positives, the phrases that fired (the
-    positive or uncertain ones); for misses, the studies' phrases of that label (negated ones: a wrong negation)
+    positive or uncertain ones); for misses, the studies' phrases of that label (negated, or offered only as a possibility)
     or, when the parser found none, the study ids. `phrases[study_id]`: the parser's Phrase objects."""
     ids = gold.index.intersection(predicted.index)
     out = {}
