@@ -3,13 +3,15 @@
 The spaCy pipeline: a local scispaCy model when `parse_reports.spacy_model` names one (a path or an installed
 package), else `spacy.blank("en")` with scispaCy's tokenizer and spaCy's rule-based sentencizer. On top: an
 entity ruler matching the radiology lexicon on lower-cased tokens (`pipeline/reports/lexicon.py`), then two
-negspacy NegEx components: one for negation and one, with uncertainty cues as its triggers, for hedging
-("possible", "cannot be excluded", "may represent", "versus"). Scope ends at sentence ends and at
+negspacy NegEx components: one for negation and two, with hedge cues as their triggers, for the two hedge
+grades: "possible" ("may represent", "cannot be excluded", "concerning for") and "probable" ("probable",
+"likely", "versus"). Scope ends at sentence ends and at
 termination words ("but", "however"), so "No effusion but small pneumothorax" negates only the effusion.
 
 Each observation mention becomes a phrase: the clause around it (cut at commas, "and", "or", "with"...)
 minus leading cue words, with laterality, zone and size read from the clause (and, for a positive mention
-without them, from its sentence). Study labels follow the CheXpert labeler's rule (`labels.derive_labels`).
+without them, from its sentence). Study labels follow the CheXpert labeler's rule, except that a finding only
+offered as a possibility sets no label (`pipeline.reports.score.study_labels`).
 """
 
 from __future__ import annotations
