@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--size", type=int, default=None, help="source image rows")
     s.add_argument("--teacher-model", default=None, help="bench train: the online teacher's architecture "
                    "(default teacher.model; medclip-vit-b-16 shows a GPU-sized teacher, randomly initialised)")
+    s.add_argument("--gold", "--negbio", dest="gold", default=None,
+                   help="bench parse-reports on real reports: a NegBio-format gold table (filename, 0/1 per finding)")
+    s.add_argument("--reports", default=None, help="bench parse-reports: a CSV of real reports (study_id, report)")
+    s.add_argument("--iu", default=None, help="bench parse-reports: the IU (Open-i) ecgen-radiology XML tar.gz")
+    s.add_argument("--misses", type=int, default=0, help="bench parse-reports: print this many missed reports a label")
 
     args = p.parse_args(argv)
     if args.command == "inspect":
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         from . import bench
 
-        bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model)
+        bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model, gold=args.gold,
+                  reports=args.reports, iu=args.iu, misses=args.misses)
     return 0
 
 

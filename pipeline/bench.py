@@ -103,6 +103,52 @@ def bench_parse_reports(n: int) -> dict:
             "hand_written": hand}
 
 
+def bench_real_reports(reports: pd.DataFrame, gold_table: str | Path, misses: int = 0) -> dict:
+    """Study labels parsed from real reports against an expert gold table (NegBio format), on the 8 findings
+    both label schemes share (`pipeline/reports/real.py`); reports/s on one process."""
+    from .reports import real
+    from .stages import parse_reports as pr
+
+    cfg = config.load()["parse_reports"]
+    gold = real.read_gold(gold_table)
+    reports = reports[reports["study_id"].isin(gold.index)]
+    pr.build_nlp(cfg["spacy_model"])
+    t0 = time.perf_counter()
+    parsed = pr.parse_reports(reports["report"].tolist(), cfg)
+    dt = time.perf_counter() - t0
+    ids = reports["study_id"].tolist()
+    predicted = pd.DataFrame([real.positive(r.labels) for r in parsed], index=ids)
+    res = real.label_scores(gold, predicted)
+    res.update(reports=len(ids), seconds=dt, reports_s=len(ids) / dt, not_in_reports=len(gold) - len(ids),
+               confusions=real.confusions(gold, predicted, {s: r.phrases for s, r in zip(ids, parsed)}),
+               texts=dict(zip(ids, reports["report"])) if misses else {})
+    return res
+
+
+def _print_real(res: dict, misses: int) -> None:
+    print(f"parse-reports on real reports: {res['reports']} reports with gold labels ({res['not_in_reports']} gold "
+          f"rows without a report) in {res['seconds']:.1f} s on one core: {res['reports_s']:.0f} reports/s")
+    print(f"  {'label':<18} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}   fp  fn")
+    for obs, v in res["labels"].items():
+        print(f"  {obs:<18} {v['precision']:>9.3f} {v['recall']:>7.3f} {v['f1']:>6.3f} {v['support']:>8} "
+              f"{v['fp']:>4} {v['fn']:>3}")
+    print(f"  macro F1 over the {len(res['labels'])} shared labels: {res['macro_f1']:.3f} "
+          f"(targets: >= 0.85, no label below 0.70)")
+    print("confusions that cost most (phrase: studies):")
+    for obs, c in res["confusions"].items():
+        if not (c["false_positive_phrases"] or c["missed_negated_phrases"] or c["missed_unmentioned"]):
+            continue
+        print(f"  {obs}:")
+        if c["false_positive_phrases"]:
+            print("    fired wrongly: " + "; ".join(f"{p}: {n}" for p, n in c["false_positive_phrases"]))
+        if c["missed_negated_phrases"]:
+            print("    missed, read as negated or only possible: " + "; ".join(f"{p}: {n}" for p, n in c["missed_negated_phrases"]))
+        if c["missed_unmentioned"]:
+            print(f"    missed, no mention found: {len(c['missed_unmentioned'])} studies")
+            for sid in c["missed_unmentioned"][:misses]:
+                print(f"      {sid}: {' '.join(res['texts'][sid].split())[:300]}")
+
+
 def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
     """Segment inference images/s and crop ROIs/s on this CPU, on a normalize shard of the default size.
 
@@ -150,7 +196,8 @@ def _figures(d: dict) -> str:
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())
 
 
-def run(stage: str, n: int | None = None, size: int | None = None, teacher_model: str | None = None) -> dict:
+def run(stage: str, n: int | None = None, size: int | None = None, teacher_model: str | None = None,
+        gold: str | None = None, reports: str | None = None, iu: str | None = None, misses: int = 0) -> dict:
     if stage == "train":
         from .bench_train import bench_train
 
@@ -210,6 +257,16 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         res = bench_pairing()
         print(f"pairing: {res['pairs']} ROI-phrase pairs (lesion {res['lesion']}, zone {res['zone']}, lung "
               f"{res['lung']}); {res['judged']} judged on synthetic truth: accuracy {res['accuracy']:.4f}")
+    elif stage == "parse-reports" and (gold or reports or iu):
+        from .reports import real
+
+        if not gold or bool(reports) == bool(iu):
+            raise SystemExit("bench parse-reports on real reports: --gold (or --negbio) and one of --reports / --iu")
+        table = real.read_iu(iu) if iu else real.read_reports(reports)
+        for name, why in table.attrs.get("errors", []):
+            print(f"skipped {name}: {why}")
+        res = bench_real_reports(table, gold, misses)
+        _print_real(res, misses)
     elif stage == "parse-reports":
         res = bench_parse_reports(n or 1000)
         print(f"parse-reports: {res['reports']} synthetic reports in {res['seconds']:.1f} s on one core: "

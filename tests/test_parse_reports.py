@@ -51,6 +51,26 @@ def test_scorer_counts_misses_and_wrong_attributes():
     ("No pneumothorax but small left effusion.", [("Pneumothorax", True, False), ("Pleural Effusion", False, False)]),
     ("No change in the right effusion.", [("Pleural Effusion", False, False)]),
     ("Small pericardial effusion.", []),
+    # real report wording (sentences written for this test)
+    ("Heart size is mildly enlarged.", [("Cardiomegaly", False, False)]),
+    ("The heart remains slightly large.", [("Cardiomegaly", False, False)]),
+    ("The heart is not enlarged.", [("Cardiomegaly", True, False)]),
+    ("The heart is borderline in size.", [("Cardiomegaly", False, True)]),
+    ("Left base atelectasis versus scarring.", [("Atelectasis", False, True)]),
+    ("Streaky left basilar opacity which may represent atelectasis or early pneumonia.",
+     [("Lung Opacity", False, False), ("Atelectasis", False, True), ("Pneumonia", False, True)]),
+    ("Mild pulmonary vascular congestion without overt edema.", [("Edema", True, False)]),
+    ("Calcified granulomas from old granulomatous infection.", []),
+    ("Anterior mediastinal mass is again seen.", []),
+    ("Soft tissue edema over the right shoulder.", []),
+    ("A 7 mm nodular opacity in the left upper lobe.", [("Lung Opacity", False, False)]),
+    ("A 7 mm nodule in the left upper lobe.", [("Lung Lesion", False, False)]),
+    ("No pleural effusion.. Minimal right basilar atelectasis.", [("Pleural Effusion", True, False),
+                                                                  ("Atelectasis", False, False)]),
+    ("Small bilateral effusions are unchanged.", [("Pleural Effusion", False, False)]),
+    ("The costophrenic angles are sharp.", [("Pleural Effusion", True, False)]),
+    ("No XXXX pneumothorax.", [("Pneumothorax", True, False)]),
+    ("Please correlate clinically for pneumonia.", [("Pneumonia", False, True)]),
 ])
 def test_negation_uncertainty_and_scope(cfg, sentence, expected):
     got = [(p.observation, p.negated, p.uncertain) for p in pr.parse_reports([sentence], cfg)[0].phrases]
@@ -98,18 +118,31 @@ def test_very_long_report_is_cut_not_crashed(cfg):
 
 
 def test_labels_follow_the_chexpert_rule(cfg):
-    rep = pr.parse_reports(["FINDINGS: No right effusion. Small left effusion. Possible pneumonia. "
+    rep = pr.parse_reports(["FINDINGS: No right effusion. Small left effusion. Probable pneumonia. "
                             "No pneumothorax. IMPRESSION: Pneumonia cannot be excluded."], cfg)[0]
     lab = rep.labels
     assert lab["Pleural Effusion"] == 1.0 and lab["Pneumonia"] == -1.0 and lab["Pneumothorax"] == 0.0
     assert np.isnan(lab["No Finding"]) and np.isnan(lab["Edema"])
 
 
+def test_a_finding_only_offered_as_a_possibility_sets_no_label(cfg):
+    rep = pr.parse_reports(["FINDINGS: Patchy right basilar opacity may represent pneumonia. No effusion. "
+                            "IMPRESSION: Right base opacity. Pneumonia cannot be excluded."], cfg)[0]
+    ph = [p for p in rep.phrases if p.observation == "Pneumonia"]
+    assert ph and all(p.uncertain and p.hedge == "possible" for p in ph)
+    lab = rep.labels
+    assert np.isnan(lab["Pneumonia"]) and lab["Lung Opacity"] == 1.0 and lab["Pleural Effusion"] == 0.0
+    # hedged but never "No Finding"
+    only = pr.parse_reports(["IMPRESSION: Possible small left pneumothorax."], cfg)[0].labels
+    assert np.isnan(only["Pneumothorax"]) and np.isnan(only["No Finding"])
+    assert score.study_labels([("Pneumothorax", False, "probable")])["Pneumothorax"] == -1.0
+
+
 def test_standalone_command_writes_phrases_and_labels(tmp_path):
     from pipeline.__main__ import main
 
     pd.DataFrame({"study_id": ["s1", "s2", "s3"],
-                  "report": ["FINDINGS: Small left pleural effusion. No pneumothorax.", "", "Possible edema."]}
+                  "report": ["FINDINGS: Small left pleural effusion. No pneumothorax.", "", "Probable edema."]}
                  ).to_csv(tmp_path / "reports.csv", index=False)
     assert main(["parse-reports", str(tmp_path / "reports.csv"), "-o", str(tmp_path / "out")]) == 0
     phrases = pd.read_csv(tmp_path / "out" / "phrases.csv")
@@ -133,8 +166,8 @@ def test_stage_shard_on_synthetic_reports(tmp_path, cfg):
     ingest.run(data, tmp_path / "studies.csv", tmp_path / "shards.json")
     counts = pr.run(tmp_path / "studies.csv", "00000", tmp_path / "reports.h5", cfg)
     assert check(tmp_path / "reports.h5") == []
-    # synthetic labels were made by the same rule from the report's phrases: parse must agree exactly
-    assert counts["label_agreement"] == 1.0
+    # synthetic labels come from the writer's ground-truth phrases; the parser reads the MIMIC-style wording back
+    assert counts["label_agreement"] >= 0.98
     with Shard(tmp_path / "reports.h5") as s:
         row = s.row(0)
         assert set(row) >= {"labels", "labels_source", "phrases", "label_prompts", "findings_impression"}

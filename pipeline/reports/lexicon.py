@@ -9,25 +9,28 @@ from .. import vocab
 # CheXpert observation -> mentions. "No Finding" is derived, never matched.
 OBSERVATION_TERMS: dict[str, list[str]] = {
     "Atelectasis": [
-        "atelectasis", "atelectases", "atelectatic", "atelectatic change", "atelectatic changes",
+        "atelectasis", "atelectases", "atelectatic", "atelectatic change", "atelectatic changes", "atelectais",
+        "atelectasis/scarring", "atelectasis/airspace disease",
         "subsegmental atelectasis", "plate-like atelectasis", "platelike atelectasis", "discoid atelectasis",
-        "linear atelectasis", "bibasilar atelectasis", "volume loss", "collapse", "lobar collapse",
+        "linear atelectasis", "bibasilar atelectasis", "collapse", "lobar collapse", "lobar atelectasis",
     ],
     "Cardiomegaly": [
-        "cardiomegaly", "enlarged heart", "enlarged cardiac silhouette", "cardiac enlargement",
+        "cardiomegaly", "cardiomegally", "enlarged heart", "enlarged cardiac silhouette", "cardiac enlargement",
+        "heart enlargement", "enlarged heart size", "enlarged cardiac size", "borderline heart size",
+        "borderline cardiac size", "borderline cardiomegaly", "top normal to mildly enlarged",
         "enlargement of the heart", "enlargement of the cardiac silhouette", "heart is enlarged",
         "heart size is enlarged", "heart is mildly enlarged", "heart is moderately enlarged",
         "heart is severely enlarged", "cardiac silhouette is enlarged", "enlarged cardiac contour",
         "increased heart size",
     ],
     "Consolidation": [
-        "consolidation", "consolidations", "consolidative opacity", "consolidative opacities",
+        "consolidation", "consolidations", "consolidated", "consolidative opacity", "consolidative opacities",
         "consolidative process", "airspace consolidation", "air-space consolidation",
     ],
     "Edema": [
-        "edema", "pulmonary edema", "interstitial edema", "alveolar edema", "vascular congestion",
-        "pulmonary vascular congestion", "perihilar haziness", "kerley b lines", "fluid overload",
-        "chf", "congestive heart failure", "pulmonary venous congestion",
+        "edema", "pulmonary edema", "interstitial edema", "alveolar edema", "perihilar haziness",
+        "kerley b lines", "kerley b-lines", "interstitial pulmonary edema", "alveolar pulmonary edema",
+        "edematous", "pulmonary oedema", "oedema",
     ],
     "Enlarged Cardiomediastinum": [
         "widened mediastinum", "mediastinal widening", "enlarged mediastinum", "mediastinal enlargement",
@@ -41,17 +44,22 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
     ],
     "Lung Lesion": [
         "nodule", "nodules", "pulmonary nodule", "pulmonary nodules", "mass", "masses", "lung mass",
-        "nodular opacity", "nodular opacities", "nodular density", "lesion", "lesions", "cavitary lesion",
-        "pulmonary mass", "spiculated mass",
+        "lesion", "lesions", "cavitary lesion",
+        "pulmonary mass", "spiculated mass", "masslike opacity", "mass-like opacity", "masslike opacification",
+        "mass-like opacification", "lung nodule", "lung nodules", "micronodule", "micronodules",
+        "pulmonary lesion", "lung lesion", "lung lesions", "nodularity",
     ],
     "Lung Opacity": [
         "opacity", "opacities", "opacification", "opacifications", "airspace disease", "air-space disease",
         "airspace opacity", "airspace opacities", "air-space opacity", "infiltrate", "infiltrates",
         "ground-glass opacity", "ground glass opacity", "ground-glass opacities", "haziness", "hazy opacity",
         "increased density", "patchy density",
+        # an opacity described as nodular is an opacity; a nodule is named as one
+        "nodular opacity", "nodular opacities", "nodular density", "nodular densities", "nodular opacification",
     ],
     "Pleural Effusion": [
-        "pleural effusion", "pleural effusions", "effusion", "effusions", "pleural fluid",
+        "pleural effusion", "pleural effusions", "effusion", "effusions", "pleural fluid", "pleural fluid collection",
+        "pleural effusion/thickening", "effusion/thickening",
         "blunting of the costophrenic angle", "blunting of the costophrenic angles",
         "blunting of the left costophrenic angle", "blunting of the right costophrenic angle",
         "blunted costophrenic angle", "blunted costophrenic angles", "costophrenic angle blunting",
@@ -62,11 +70,12 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
         "pleural calcification", "pleural calcifications",
     ],
     "Pneumonia": [
-        "pneumonia", "pneumonias", "pna", "bronchopneumonia", "infectious process", "infection",
-        "aspiration pneumonia",
+        "pneumonia", "pneumonias", "pna", "bronchopneumonia", "infectious process", "infection", "infections",
+        "aspiration pneumonia", "lobar pneumonia", "pneumonic", "pneumonic infiltrate",
     ],
     "Pneumothorax": [
-        "pneumothorax", "pneumothoraces", "ptx", "hydropneumothorax", "lucency without lung markings",
+        "pneumothorax", "pneumothoraces", "pneumothoraxes", "ptx", "hydropneumothorax",
+        "lucency without lung markings",
         "apical lucency", "visceral pleural line",
     ],
     "Support Devices": [
@@ -84,10 +93,26 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
 OTHER_TERMS = [
     "pericardial effusion", "pericardial effusions", "joint effusion", "nipple shadow", "nipple shadows",
     "skin fold", "skin folds", "mass effect", "lung volumes", "pleural line",
+    # old healed infection (calcified granulomas) is no pneumonia
+    "granulomatous infection", "granulomatous infections", "granulomatous disease", "granulomatous process",
+    "tuberculous infection", "tuberculosis infection", "histoplasmosis infection", "prior infection",
+    "previous infection", "old infection", "remote infection",
+    # edema outside the lungs
+    "soft tissue edema", "subcutaneous edema", "soft tissue swelling",
+    # masses and lesions outside the lung (CheXpert's Lung Lesion is a lung parenchymal lesion)
+    "mediastinal mass", "mediastinal masses", "anterior mediastinal mass", "thyroid mass", "pericardial mass",
+    "breast mass", "soft tissue mass", "chest wall mass", "rib lesion", "rib lesions", "bone lesion",
+    "bone lesions", "bony lesion", "bony lesions", "lytic lesion", "lytic lesions", "sclerotic lesion",
+    "sclerotic lesions", "blastic lesion", "blastic lesions", "expansile lesion", "osseous lesion",
+    "osseous lesions", "skin lesion", "skin lesions", "nipple", "nipples",
 ]
 
 # statements of normality that mean "negative" for an observation without any negation cue
 NORMAL_TERMS: dict[str, list[str]] = {
+    "Pleural Effusion": [
+        "costophrenic angles are sharp", "sharp costophrenic angles", "costophrenic angles are clear",
+        "costophrenic sulci are sharp", "sharp costophrenic sulci",
+    ],
     "Cardiomegaly": [
         "heart size is normal", "normal heart size", "heart size within normal limits",
         "heart size is within normal limits", "heart is normal in size", "heart is not enlarged",
@@ -130,30 +155,73 @@ NEGATION_CUES = {
     ],
 }
 
+# Hedges come in two grades (radiology's hedging scale: "consistent with" > "probable" > "possible" > "cannot be
+# excluded"). Both make a phrase uncertain. A "probable" finding (probable, likely, "A versus B", borderline) is
+# one the reader commits to; a "possible" finding (may represent, could be, concerning for, cannot be excluded,
+# differential includes, correlate for) is offered as one explanation among others. Study labels: see
+# `pipeline.reports.score.study_labels`.
 UNCERTAINTY_CUES = {
     "preceding_negations": [
-        "possible", "possibly", "probable", "probably", "likely", "may represent", "may be", "might be",
-        "might represent", "could be", "could represent", "can represent", "suspicious for", "suspected",
-        "suspect", "questionable", "question of", "concerning for", "concern for", "cannot exclude",
-        "can not exclude", "cannot rule out", "can not rule out", "not rule out", "versus", "vs", "vs.",
-        "differential diagnosis includes", "differential includes", "consider", "suggestive of",
-        "suggesting", "suggests", "borderline", "equivocal", "indeterminate", "?", "presumed", "presumably",
-        "worrisome for", "raises concern for", "would be difficult to exclude", "not excluded",
-        "may reflect", "could reflect", "might reflect", "may indicate", "could indicate", "may be due to",
-        "could be due to", "may relate to",
+        "possible", "possibly", "may represent", "may be", "might be", "might represent", "could be",
+        "could represent", "can represent", "suspicious for", "suspected", "suspect", "suspicious of",
+        "questionable", "question of", "question", "concerning for", "concern for", "cannot exclude",
+        "can not exclude", "cannot rule out", "can not rule out", "not rule out", "differential diagnosis includes",
+        "differential diagnosis", "differential includes", "differential considerations include", "differential",
+        "consider", "considerations include", "suggestive of", "suggesting", "suggests", "suggest",
+        "equivocal", "indeterminate", "?", "worrisome for", "raises concern for", "would be difficult to exclude",
+        "difficult to exclude", "not excluded", "may reflect", "could reflect", "might reflect", "may indicate",
+        "could indicate", "may be due to", "could be due to", "may relate to", "may", "might", "could",
+        "correlate for", "correlate clinically for", "clinical correlation for", "evaluate for", "evaluation for",
+        "assess for", "to exclude", "rule out", "to rule out", "rule-out", "obscure", "obscuring", "less likely",
+        "versus less likely", "or less likely", "alternatively", "other etiologies", "include", "includes",
+        "including", "regarding", "sequela of", "sequelae of", "residua of", "if",
     ],
     "following_negations": [
         "cannot be excluded", "can not be excluded", "not excluded", "is not excluded", "are not excluded",
         "cannot be ruled out", "can not be ruled out", "not be ruled out", "not ruled out", "is possible",
-        "is suspected", "are suspected", "versus", "vs", "vs.", "?", "is questioned", "not be excluded",
-        "is likely", "is probable", "is considered",
+        "is suspected", "are suspected", "?", "is questioned", "not be excluded", "is considered",
+        "difficult to exclude", "difficult to entirely exclude", "not entirely excluded", "may be present",
+        "could be present", "are possible", "is not entirely excluded", "less likely",
     ],
-    "pseudo_negations": ["no possible", "unlikely"],
+    # "no opacity to suggest pneumonia": the negation governs
+    "pseudo_negations": ["no possible", "unlikely", "to suggest", "to suggest a", "to suggest an"],
     "termination": [
         "but", "however", "although", "though", "except", "which", "while", "whereas", "no", "without",
         "there is", "there are",
     ],
 }
+PROBABLE_CUES = {
+    "preceding_negations": [
+        "probable", "probably", "likely", "most likely", "versus", "vs", "vs.", "borderline", "presumed",
+        "presumably", "favor", "favored", "strongly suggestive of", "most consistent with",
+    ],
+    "following_negations": ["versus", "vs", "vs.", "is likely", "is probable", "are likely", "likely", "favored"],
+    "pseudo_negations": ["less likely", "unlikely", "not likely"],
+    # a comma ends it: "right base opacity, likely atelectasis" hedges the atelectasis, not the opacity
+    "termination": [
+        "but", "however", "although", "though", "except", "which", "while", "whereas", "no", "without",
+        "there is", "there are", ",", ";",
+    ],
+}
+
+# a hedge word inside a mention ("borderline heart size", "heart size is borderline enlarged"): probable
+HEDGE_WORDS_INSIDE = {"borderline"}
+
+# token patterns of the heart stated large in a sentence's own order ("heart size is mildly enlarged", "the
+# heart is borderline in size", "heart size remains slightly large", "heart size is upper limits normal or
+# mildly enlarged"); the words between are degree, verb and redaction words only, so "heart is not enlarged"
+# does not match (it is a normal statement)
+_HEART = {"LOWER": {"IN": ["heart", "cardiac"]}}
+_BETWEEN = {"LOWER": {"IN": ["size", "silhouette", "contour", "contours", "shadow", "is", "remains", "appears",
+                             "are", "at", "xxxx", "___", "mildly", "moderately", "slightly", "severely", "markedly",
+                             "massively", "persistently", "again", "now", "stable", "still", "somewhat", "minimally",
+                             "borderline", "upper", "limits", "limit", "of", "normal", "or", "to", "top", "and",
+                             "stably", "also", "considerably", "significantly", "the", "very"]}, "OP": "{0,8}"}
+CARDIOMEGALY_PATTERNS = [
+    [_HEART, _BETWEEN, {"LOWER": {"IN": ["enlarged", "large", "enlargement"]}}],
+    [_HEART, {"LOWER": {"IN": ["is", "size", "remains"]}, "OP": "{0,2}"}, {"LOWER": "borderline"},
+     {"LOWER": {"IN": ["in", "for"]}, "OP": "?"}, {"LOWER": "size", "OP": "?"}],
+]
 
 # sides, zones and lobes: the shared vocabulary (pipeline/vocab.py)
 LATERALITY = vocab.SIDE_WORDS

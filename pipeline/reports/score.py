@@ -12,11 +12,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..labels import OBSERVATIONS, derive_labels
+
 RANK = {"+": 3, "?": 2, "-": 1}
 
 
 def status_of(negated: bool, uncertain: bool) -> str:
     return "-" if negated else ("?" if uncertain else "+")
+
+
+def study_labels(mentions) -> dict[str, float]:
+    """The study's 14 labels from (observation, negated, hedge) mentions, hedge "" | "probable" | "possible".
+
+    The CheXpert labeler's rule (present > uncertain > negated > not mentioned, `pipeline.labels`), with a
+    "probable" finding uncertain (-1). A finding only ever offered as a possibility ("may represent pneumonia",
+    "pneumothorax cannot be excluded") sets no label: expert labels (NegBio's gold standard) do not count it,
+    where the CheXpert labeler gives -1. Such a study is still not "No Finding"."""
+    mentions = list(mentions)
+    labels = derive_labels((o, neg, bool(h)) for o, neg, h in mentions if h != "possible")
+    if labels["No Finding"] == 1.0 and any(h == "possible" and not neg and o in OBSERVATIONS
+                                           and o not in ("Support Devices", "No Finding") for o, neg, h in mentions):
+        labels["No Finding"] = float("nan")
+    return labels
 
 
 def combine_sides(sides: set[str]) -> str:

@@ -3,13 +3,15 @@
 The spaCy pipeline: a local scispaCy model when `parse_reports.spacy_model` names one (a path or an installed
 package), else `spacy.blank("en")` with scispaCy's tokenizer and spaCy's rule-based sentencizer. On top: an
 entity ruler matching the radiology lexicon on lower-cased tokens (`pipeline/reports/lexicon.py`), then two
-negspacy NegEx components: one for negation and one, with uncertainty cues as its triggers, for hedging
-("possible", "cannot be excluded", "may represent", "versus"). Scope ends at sentence ends and at
+negspacy NegEx components: one for negation and two, with hedge cues as their triggers, for the two hedge
+grades: "possible" ("may represent", "cannot be excluded", "concerning for") and "probable" ("probable",
+"likely", "versus"). Scope ends at sentence ends and at
 termination words ("but", "however"), so "No effusion but small pneumothorax" negates only the effusion.
 
 Each observation mention becomes a phrase: the clause around it (cut at commas, "and", "or", "with"...)
 minus leading cue words, with laterality, zone and size read from the clause (and, for a positive mention
-without them, from its sentence). Study labels follow the CheXpert labeler's rule (`labels.derive_labels`).
+without them, from its sentence). Study labels follow the CheXpert labeler's rule, except that a finding only
+offered as a possibility sets no label (`pipeline.reports.score.study_labels`).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from scispacy.custom_tokenizer import combined_rule_tokenizer
 from spacy.language import Language
 from spacy.tokens import Span
 
-from ..labels import OBSERVATIONS, derive_labels, label_prompts
+from ..labels import OBSERVATIONS, label_prompts
 from ..reports import lexicon as lx
-from ..reports.score import combine_sides
+from ..reports.score import combine_sides, study_labels
 from ..shards import ShardWriter, csr_offsets
 from ..io import sha256_file
 from ..versions import STAGE_VERSIONS
@@ -56,6 +58,7 @@ _HEADER = re.compile(r"(?<![A-Za-z])(" + "|".join(sorted(map(re.escape, SECTION_
                      + r")\s*:", re.I)
 _SLASH = re.compile(r"(?<=[A-Za-z]{2})/(?=[A-Za-z]{2})")  # "PTX/effusion" -> two words; "b/l" stays
 _DEID = re.compile(r"_{2,}")
+_DOTS = re.compile(r"\.{2,}")  # "effusion.. Mild atelectasis": two sentences
 OTHER = "OTHER"  # matched only to hide a look-alike ("pericardial effusion" is no pleural effusion)
 
 
@@ -71,6 +74,7 @@ class Phrase:
     laterality: str
     zone: str
     size: str
+    hedge: str = ""  # "" | probable | possible (uncertain is True for both)
 
 
 def split_sections(text: str) -> dict[str, str]:
@@ -96,7 +100,7 @@ def split_sections(text: str) -> dict[str, str]:
 
 
 def _clean(text: str) -> str:
-    return _SLASH.sub(" / ", _DEID.sub("___", text))
+    return _SLASH.sub(" / ", _DOTS.sub(". ", _DEID.sub("___", text)))
 
 
 @lru_cache(maxsize=4)
@@ -115,6 +119,7 @@ def build_nlp(spacy_model: str = "") -> Language:
                 for obs, terms in lx.OBSERVATION_TERMS.items() for term in terms]
     patterns += [{"label": obs, "pattern": term, "id": "normal"}
                  for obs, terms in lx.NORMAL_TERMS.items() for term in terms]
+    patterns += [{"label": "Cardiomegaly", "pattern": p, "id": "mention"} for p in lx.CARDIOMEGALY_PATTERNS]
     patterns += [{"label": OTHER, "pattern": term} for term in lx.OTHER_TERMS]
     with nlp.select_pipes(enable=[]):
         ruler.add_patterns(patterns)
@@ -127,6 +132,7 @@ def build_nlp(spacy_model: str = "") -> Language:
         Span.set_extension("uncertain", default=False)
     nlp.add_pipe("negex", name="uncertainty", config={"neg_termset": lx.UNCERTAINTY_CUES,
                                                       "extension_name": "uncertain"})
+    nlp.add_pipe("negex", name="probable", config={"neg_termset": lx.PROBABLE_CUES, "extension_name": "probable"})
     return nlp
 
 
@@ -176,7 +182,10 @@ def phrases_of(doc, section: str, sentence_offset: int = 0) -> list[Phrase]:
         if ent.label_ == OTHER:
             continue
         normal = ent.ent_id_ == "normal"
-        uncertain = bool(ent._.uncertain) and not normal
+        hedge = "" if normal else "possible" if ent._.uncertain else "probable" if ent._.probable else ""
+        if not normal and not hedge and any(t.lower_ in lx.HEDGE_WORDS_INSIDE for t in ent):
+            hedge = "probable"  # "borderline heart size": the hedge is part of the mention
+        uncertain = bool(hedge)
         negated = (bool(ent._.negex) or normal) and not uncertain
         clause = _clause(ent)
         words = _words(clause)
@@ -190,7 +199,7 @@ def phrases_of(doc, section: str, sentence_offset: int = 0) -> list[Phrase]:
             zone = zone or lx.DEFAULT_ZONE.get(ent.label_, "")
         size = next((lx.SIZES[w] for w in words if w in lx.SIZES), "")
         out.append(Phrase(section, sentence_offset + index[ent.sent.start], ent.sent.text, phrase or ent.text,
-                          ent.label_, negated, uncertain, side, zone, size))
+                          ent.label_, negated, uncertain, side, zone, size, hedge if uncertain else ""))
     return out
 
 
@@ -202,7 +211,7 @@ class ParsedReport:
 
     @property
     def labels(self) -> dict[str, float]:
-        return derive_labels((p.observation, p.negated, p.uncertain) for p in self.phrases)
+        return study_labels((p.observation, p.negated, p.hedge) for p in self.phrases)
 
 
 def parse_reports(texts: list[str], cfg: dict) -> list[ParsedReport]:
