@@ -43,8 +43,15 @@ class InputSpec:
 
     @property
     def key(self) -> str:
-        """What the stored model_inputs pixels depend on (mean / std are applied in the batch)."""
-        return f"{self.size}px-{self.interpolation}"
+        """What the stored model_inputs pixels depend on, their folder's name: `224px`, `224px-bicubic` (mean / std
+        are applied in the batch, so a change of them reruns no model_inputs job)."""
+        return f"{self.size}px" if self.interpolation == "bilinear" else f"{self.size}px-{self.interpolation}"
+
+
+def parse_key(key: str) -> tuple[int, str]:
+    """`224px-bicubic` -> (224, "bicubic")."""
+    size, _, interpolation = key.partition("-")
+    return int(size.removesuffix("px")), interpolation or "bilinear"
 
 
 def local_dir(name: str) -> Path | None:

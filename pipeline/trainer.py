@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from . import models
 from .config import config_sha256
-from .data import ImageReportPairs, RegionData, resize
+from .data import ImageReportPairs, RegionData
 from .io import atomic_path, usable_threads
 from .losses import RegionAwareLoss
 from .vocab import mirror_text, normalize_text
@@ -64,15 +64,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _trim(tokens: torch.Tensor) -> torch.Tensor:
-    """Drop the padding columns every row has (exact for a causal text tower, see models.tokenize)."""
-    return tokens[:, : max(1, int((tokens != 0).sum(1).max()))] if len(tokens) else tokens[:, :1]
+def _trim(tokens: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """Drop the padding columns every row has (exact for a causal text tower and for a masked HF one, see models)."""
+    return models.trim(tokens, pad)
 
 
-def _pixels(images: np.ndarray, flip: np.ndarray) -> torch.Tensor:
-    """uint8 (B, s, s) at model size -> model input; flip[i] mirrors image i left <-> right."""
+def _pixels(images: np.ndarray, flip: np.ndarray, spec: models.InputSpec) -> torch.Tensor:
+    """uint8 (B, s, s) at model size -> model input (the model's mean / std); flip[i] mirrors image i left <-> right."""
     x = torch.from_numpy(np.where(flip[:, None, None], images[:, :, ::-1], images))
-    return models.to_model_input(x, x.shape[-1])
+    return models.to_model_input(x, spec)
 
 
 def caption_groups(*variants: list[str]) -> list[torch.Tensor]:
@@ -87,7 +87,8 @@ class GlobalBatches:
     """Image <-> report batches (the teacher, the global baseline)."""
 
     def __init__(self, pairs: ImageReportPairs, model_name: str, size: int, dedupe: bool = True):
-        self.images = resize(pairs.images, size)
+        self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
+        self.images = models.resize(pairs.images, size, self.spec.interpolation)
         self.reports = models.tokenizer(model_name)(pairs.reports)
         self.report_groups = caption_groups(pairs.reports)[0] if dedupe else None
 
@@ -95,7 +96,8 @@ class GlobalBatches:
         return len(self.images)
 
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
-        batch = {"image": _pixels(self.images[idx], np.zeros(len(idx), bool)), "report": _trim(self.reports[idx])}
+        batch = {"image": _pixels(self.images[idx], np.zeros(len(idx), bool), self.spec),
+                 "report": _trim(self.reports[idx], self.pad)}
         if self.report_groups is not None:
             batch["report_groups"] = self.report_groups[idx]
         return batch
@@ -110,6 +112,7 @@ class RegionBatches:
 
     def __init__(self, data: RegionData, model_name: str, cfg: dict):
         self.data, self.cfg = data, cfg
+        self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
         tok = models.tokenizer(model_name)
         texts = {"report": data.reports, "pair": data.pair_text}
         k = max([len(n) for n in data.pair_negatives], default=0)
@@ -154,7 +157,7 @@ class RegionBatches:
         pairs = np.concatenate([self.pairs_of[i] for i in idx] + [np.zeros(0, np.int64)])
         pair_flip, roi_image = np.repeat(flip, counts), np.repeat(np.arange(len(idx)), counts)
         report = torch.stack([self.tokens[bool(f)]["report"][i] for i, f in zip(idx, flip)])
-        batch = {"image": _pixels(d.images[idx], flip), "report": _trim(report)}
+        batch = {"image": _pixels(d.images[idx], flip, self.spec), "report": _trim(report, self.pad)}
         if self.groups is not None:
             batch["report_groups"] = torch.stack([self.groups[bool(f)]["report"][i] for i, f in zip(idx, flip)])
         if len(pairs) == 0:
@@ -167,7 +170,7 @@ class RegionBatches:
         phrase = torch.stack([self.tokens[bool(f)]["pair"][p] for p, f in zip(pairs, pair_flip)])
         negative = torch.stack([self.tokens[bool(f)]["negative"][p] for p, f in zip(pairs, pair_flip)])
         r, k, _ = negative.shape
-        short = _trim(torch.cat([phrase, negative.reshape(r * k, -1), self.concepts[subset]]))
+        short = _trim(torch.cat([phrase, negative.reshape(r * k, -1), self.concepts[subset]]), self.pad)
         size = d.images.shape[-1]
         box = d.pair_box[pairs].copy()  # a flipped image's boxes are mirrored with it
         box[pair_flip] = np.stack([size - box[pair_flip, 2], box[pair_flip, 1], size - box[pair_flip, 0],
