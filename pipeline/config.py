@@ -74,6 +74,9 @@ def validate(config: dict) -> dict:
     total = split["train"] + split["validate"] + split["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"config key data.split: fractions must add up to 1, got {total:g}")
+    _check_model("teacher.model", cfg["teacher"]["model"], cfg["teacher"]["weights"], weights_key="teacher.weights")
+    _check_model("train.model", cfg["train"]["model"])
+    _check_init("train.init", cfg["train"]["init"])
     train_schema = schema["properties"]["train"]
     for name in cfg["evaluate"]["runs"]:
         run = run_config(cfg, name)
@@ -88,9 +91,6 @@ def validate(config: dict) -> dict:
     if cfg["train"]["init"] == "teacher" and cfg["train"]["model"] != cfg["teacher"]["model"]:
         raise ConfigError("config key train.init: teacher needs train.model == teacher.model; use init: scratch or a "
                           "weights file")
-    _check_model("teacher.model", cfg["teacher"]["model"], cfg["teacher"]["weights"], weights_key="teacher.weights")
-    _check_model("train.model", cfg["train"]["model"])
-    _check_init("train.init", cfg["train"]["init"])
     for name, base in cfg["evaluate"]["baselines"].items():
         base.setdefault("weights", "")
         key = f"evaluate.baselines.{name}"
