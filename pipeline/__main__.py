@@ -9,7 +9,7 @@
     train --spec SPEC               one training run (what the rule, or torchrun in each process, starts)
     zeroshot --checkpoint CKPT IMAGE          the 14 observation probabilities of one DICOM / PNG
     ground --checkpoint CKPT IMAGE "PHRASE"   the phrase's heat map over that image's ROIs (-o PNG)
-    bench normalize|synthesize|parse-reports|segment|pairing|train   figures on this machine
+    bench normalize|synthesize|parse-reports|segment|pairing|train|backbones   figures on this machine
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="U-Net weights (default: segment.weights, else results/segmenter/unet.pt)")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
-    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train", "scale"])
+    s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train",
+                                      "backbones", "scale"])
     s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize, scale)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
     s.add_argument("--teacher-model", default=None, help="bench train: the online teacher's architecture "

@@ -198,6 +198,18 @@ def _figures(d: dict) -> str:
 
 def run(stage: str, n: int | None = None, size: int | None = None, teacher_model: str | None = None,
         gold: str | None = None, reports: str | None = None, iu: str | None = None, misses: int = 0) -> dict:
+    if stage == "backbones":
+        from .bench_backbones import bench_backbones
+
+        res = bench_backbones(n or 3)
+        print(f"backbones: one region-aware training step (4 losses, AdamW), the same 8 images / 16 ROIs / texts, "
+              f"CPU, 2 threads, mean of {n or 3} steps")
+        for key in ("medclip-tiny", "biomedclip-sized"):
+            m = res[key]
+            print(f"  {key:>16}: {m['params_m']:.1f} M parameters, {m['size']} px, report {m['report_tokens']} tokens: "
+                  f"{m['step_s']:.2f} s/step, peak RSS {m['peak_rss_mb']:.0f} MB (training {m['train_mb']:.0f} MB)")
+        print(f"  BiomedCLIP-sized / medclip-tiny: step time {res['step_ratio']:.1f}x, peak RSS {res['peak_ratio']:.1f}x")
+        return res
     if stage == "train":
         from .bench_train import bench_train
 

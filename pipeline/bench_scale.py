@@ -45,6 +45,7 @@ def child(workdir: str, steps: int, batch_size: int, in_memory: bool) -> dict:
 
     from . import config, models
     from .data import load_region_data
+    from .model_spec import input_spec
     from .losses import RegionAwareLoss
     from .trainer import CLIPTrainStep, RegionBatches, param_groups, step_loader
 
@@ -54,7 +55,7 @@ def child(workdir: str, steps: int, batch_size: int, in_memory: bool) -> dict:
     size = models.input_size(cfg["model"])
     names = [p.name for p in sorted((workdir / "results" / "embed").glob("shard-*.h5"))]
     res = workdir / "results"
-    inputs = {"inputs": [res / "inputs" / f"{size}px" / n for n in names], "normalized": [res / "normalize" / n for n in names],
+    inputs = {"inputs": [res / "inputs" / input_spec(cfg["model"]).key / n for n in names], "normalized": [res / "normalize" / n for n in names],
               "crops": [res / "crop" / n for n in names], "reports": [res / "reports" / n for n in names],
               "embed": [res / "embed" / n for n in names], "concepts": res / "embed" / "concepts.h5"}
     t0 = time.perf_counter()

@@ -24,12 +24,14 @@ import numpy as np
 from . import config
 
 
-def _inputs(results: str | Path, size: int) -> dict:
-    results = Path(results)
+def _inputs(results: str | Path, model: str) -> dict:
+    from .model_spec import input_spec
+
+    results, key = Path(results), input_spec(model).key
     names = [p.name for p in sorted((results / "embed").glob("shard-*.h5"))]
-    inputs = [results / "inputs" / f"{size}px" / n for n in names]
+    inputs = [results / "inputs" / key / n for n in names]
     if not names or not (results / "embed" / "concepts.h5").exists() or not all(p.exists() for p in inputs):
-        raise SystemExit(f"no embed or {size} px model_inputs shards under {results}: run `snakemake --cores 8 train` "
+        raise SystemExit(f"no embed or {key} model_inputs shards under {results}: run `snakemake --cores 8 train` "
                          "first")
     return {"inputs": inputs, "normalized": [results / "normalize" / n for n in names],
             "crops": [results / "crop" / n for n in names], "reports": [results / "reports" / n for n in names],
@@ -46,7 +48,7 @@ def _load(cfg: dict, results: str | Path):
     from .data import load_region_data
 
     size = models.input_size(cfg["model"])
-    return load_region_data(_inputs(results, size), {"train"}, size, cfg["uncertain"], cfg["negatives"],
+    return load_region_data(_inputs(results, cfg["model"]), {"train"}, size, cfg["uncertain"], cfg["negatives"],
                             cfg["max_pairs_per_image"], cfg["clear_pairs"])
 
 
@@ -65,7 +67,7 @@ def bench_loading(results: str | Path = "results", repeats: int = 5) -> dict:
     size, n = data.images.shape[-1], len(data)
     pngs = {p.stem: p for p in (Path(results) / "normalize" / "png").rglob("*.png")}
     files = [pngs[image_id] for image_id in data.image_id]
-    shards = _inputs(results, size)["inputs"]
+    shards = _inputs(results, cfg["train"]["model"])["inputs"]
     wanted = set(data.image_id)
 
     def loader():

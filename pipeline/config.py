@@ -16,6 +16,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from . import model_spec
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = ROOT / "config.yaml"
@@ -72,6 +74,9 @@ def validate(config: dict) -> dict:
     total = split["train"] + split["validate"] + split["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"config key data.split: fractions must add up to 1, got {total:g}")
+    _check_model("teacher.model", cfg["teacher"]["model"], cfg["teacher"]["weights"], weights_key="teacher.weights")
+    _check_model("train.model", cfg["train"]["model"])
+    _check_init("train.init", cfg["train"]["init"])
     train_schema = schema["properties"]["train"]
     for name in cfg["evaluate"]["runs"]:
         run = run_config(cfg, name)
@@ -80,9 +85,21 @@ def validate(config: dict) -> dict:
             raise ConfigError(f"config key evaluate.runs.{name}{'.' + where if where else ''}: {err.message}")
         if run["init"] == "teacher" and run["model"] != cfg["teacher"]["model"]:
             raise ConfigError(f"config key evaluate.runs.{name}: init: teacher needs train.model == teacher.model "
-                              f"({run['model']} != {cfg['teacher']['model']}); use init: scratch")
+                              f"({run['model']} != {cfg['teacher']['model']}); use init: scratch or a weights file")
+        _check_model(f"evaluate.runs.{name}.model", run["model"])
+        _check_init(f"evaluate.runs.{name}.init", run["init"])
     if cfg["train"]["init"] == "teacher" and cfg["train"]["model"] != cfg["teacher"]["model"]:
-        raise ConfigError("config key train.init: teacher needs train.model == teacher.model; use init: scratch")
+        raise ConfigError("config key train.init: teacher needs train.model == teacher.model; use init: scratch or a "
+                          "weights file")
+    for name, base in cfg["evaluate"]["baselines"].items():
+        base.setdefault("weights", "")
+        key = f"evaluate.baselines.{name}"
+        if name in cfg["evaluate"]["runs"] or name in seeded_runs(cfg):
+            raise ConfigError(f"config key {key}: {name} is also a run of evaluate.runs; give the baseline another name")
+        _check_model(f"{key}.model", base["model"], base["weights"], weights_key=f"{key}.weights")
+        if not base["weights"] and not model_spec.local_dir(base["model"]):
+            raise ConfigError(f"config key {key}.weights: {base['model']} is not a local-dir folder; name its weights "
+                              f"file")
     for name in ("student", cfg["evaluate"]["control"]):
         if name not in cfg["evaluate"]["runs"]:
             raise ConfigError(f"config key evaluate.runs: the headline compares student with evaluate.control "
@@ -91,6 +108,24 @@ def validate(config: dict) -> dict:
         if name not in cfg["evaluate"]["runs"]:
             raise ConfigError(f"config key evaluate.crop_baselines: {name} is not a run of evaluate.runs")
     return cfg
+
+
+def _check_model(key: str, name: str, weights: str | None = None, weights_key: str = "") -> None:
+    """A model name must resolve locally (our JSON, open_clip's, or a local-dir folder with its config and, where
+    weights are wanted (`weights` not None) and no file is named, its own weights)."""
+    try:
+        model_spec.input_spec(name)
+        if model_spec.local_dir(name) and weights == "":
+            model_spec.folder_weights(name)
+    except ValueError as e:
+        raise ConfigError(f"config key {key}: {e}") from None
+    if weights and not Path(weights).is_file():
+        raise ConfigError(f"config key {weights_key}: {weights} is not a file")
+
+
+def _check_init(key: str, init: str) -> None:
+    if init not in ("teacher", "scratch") and not Path(init).is_file():
+        raise ConfigError(f"config key {key}: {init} is neither teacher, scratch nor a weights file")
 
 
 def seeded_runs(cfg: dict) -> list[str]:

@@ -82,15 +82,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _trim(tokens: torch.Tensor) -> torch.Tensor:
-    """Drop the padding columns every row has (exact for a causal text tower, see models.tokenize)."""
-    return tokens[:, : max(1, int((tokens != 0).sum(1).max()))] if len(tokens) else tokens[:, :1]
+def _trim(tokens: torch.Tensor, pad: int = 0) -> torch.Tensor:
+    """Drop the padding columns every row has (exact for a causal text tower and for a masked HF one, see models)."""
+    return models.trim(tokens, pad)
 
 
-def _pixels(images: np.ndarray, flip: np.ndarray) -> torch.Tensor:
-    """uint8 (B, s, s) at model size -> model input; flip[i] mirrors image i left <-> right."""
+def _pixels(images: np.ndarray, flip: np.ndarray, spec: models.InputSpec) -> torch.Tensor:
+    """uint8 (B, s, s) at model size -> model input (the model's mean / std); flip[i] mirrors image i left <-> right."""
     x = torch.from_numpy(np.where(flip[:, None, None], images[:, :, ::-1], images))
-    return models.to_model_input(x, x.shape[-1])
+    return models.to_model_input(x, spec)
 
 
 def caption_groups(texts: list[str]) -> torch.Tensor:
@@ -106,6 +106,7 @@ class GlobalBatches:
     def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True):
         self.pairs, self.dedupe = pairs, dedupe
         self.tok = models.tokenizer(model_name)
+        self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
 
     def __len__(self) -> int:
         return len(self.pairs.image_id)
@@ -116,7 +117,8 @@ class GlobalBatches:
 
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
         reports = [self.pairs.reports[i] for i in idx]
-        batch = {"image": _pixels(self.pairs.images[idx], np.zeros(len(idx), bool)), "report": _trim(self.tok(reports))}
+        batch = {"image": _pixels(self.pairs.images[idx], np.zeros(len(idx), bool), self.spec),
+                 "report": _trim(self.tok(reports), self.pad)}
         if self.dedupe:
             batch["report_groups"] = caption_groups(reports)
         return batch
@@ -134,6 +136,7 @@ class RegionBatches:
     def __init__(self, data: RegionData, model_name: str, cfg: dict):
         self.data, self.cfg = data, cfg
         self.tok = models.tokenizer(model_name)
+        self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
         self.k = max([len(n) for n in data.pair_negatives], default=0)
         self.concepts = self.tok(data.concepts, context_length=SHORT_CONTEXT)
         self.teacher_concepts = data.teacher_scale * data.teacher_concepts.T  # (Dt, T)
@@ -162,7 +165,7 @@ class RegionBatches:
         pair_flip, roi_image = np.repeat(flip, counts), np.repeat(np.arange(len(idx)), counts)
         seen = lambda text, f: mirror_text(text) if f else text  # noqa: E731  the text of the image as trained
         reports = [seen(d.reports[i], f) for i, f in zip(idx, flip)]
-        batch = {"image": _pixels(d.images[idx], flip), "report": _trim(tok(reports))}
+        batch = {"image": _pixels(d.images[idx], flip, self.spec), "report": _trim(tok(reports), self.pad)}
         if cfg.get("dedupe", True):
             batch["report_groups"] = caption_groups(reports)
         if len(pairs) == 0:
@@ -177,7 +180,7 @@ class RegionBatches:
         negative_mask = torch.tensor([[j < len(n) for j in range(self.k)] for n in negatives], dtype=torch.bool)
         flat_neg = [t for n in negatives for t in n + [""] * (self.k - len(n))]
         short = _trim(torch.cat([tok(phrases, context_length=SHORT_CONTEXT), tok(flat_neg, context_length=SHORT_CONTEXT),
-                                 self.concepts[subset]]))
+                                 self.concepts[subset]]), self.pad)
         size = d.images.shape[-1]
         box = d.pair_box[pairs].copy()  # a flipped image's boxes are mirrored with it
         box[pair_flip] = np.stack([size - box[pair_flip, 2], box[pair_flip, 1], size - box[pair_flip, 0],

@@ -19,8 +19,9 @@ Metrics (each with a patient-level bootstrap 95% interval, pipeline/stats.py):
   painted with its softmax similarity), pointing game, IoU of the map thresholded at half its maximum, and CNR
   (MS-CXR: |mean in - mean out| / sqrt(var in + var out)).
 
-Runs: every run of evaluate.runs (and the seed replicas of student and the control), `baseline` (the teacher), and
-`<run>/crop` for the crop baselines (each ROI embedded as the crop stage's ROI image, not pooled). metrics.json
+Runs: every run of evaluate.runs (and the seed replicas of student and the control), `baseline` (the teacher), the
+external baselines of evaluate.baselines (e.g. OpenAI CLIP, BiomedCLIP: zero-shot as they are, each with its own
+tokenizer and preprocessing, models.create), and `<run>/crop` for the crop baselines (each ROI embedded as the crop stage's ROI image, not pooled). metrics.json
 holds every run's figures, the mean and spread of student and control over seeds, and paired differences
 (student - control pooled over seeds; student - each ablation) on the same patient resamples.
 
@@ -461,7 +462,8 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
                "test": {"images": len(test.image_id), "patients": len(boot.patients), "studies": len(retrieval),
                         "pairs": len(test.pairs), "clear_regions": len(test.clear),
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
-                        "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"]}}
+                        "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"],
+                        "external": sorted(cfg.get("baselines", {}))}}
     if truth_dir:  # synthetic source: how often pairing picked the region a phrase describes (all splits)
         metrics["pairing_on_truth"] = accuracy_on_truth(inputs["crops"], inputs["reports"], truth_dir)
     with atomic_path(out_dir / "metrics.json") as tmp:
@@ -521,7 +523,8 @@ def report_markdown(metrics: dict) -> str:
              f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals: patient-level "
              f"bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same resamples for every run. "
              f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
-             "losses off); `baseline` is the global-only teacher; `/crop` rows embed each ROI's crop as an image.", ""]
+             "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
+             + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
     seeds, paired = metrics["seeds"], metrics["paired"].get(f"student - {control}", {})
     if paired:
         n_seeds = len(next(iter(seeds["student"].values()))["runs"]) if seeds.get("student") else 0

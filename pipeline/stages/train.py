@@ -46,7 +46,8 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
              len(data.pair_text), ", ".join(f"{k} {v}" for k, v in rules.items()), len(data.concepts),
              data.teacher_sha256[:12])
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    init = spec["teacher"] if cfg["init"] == "teacher" else None
+    # train.init: teacher (its weights file), scratch (random), or a weights file for train.model
+    init = {"teacher": spec["teacher"], "scratch": None}.get(cfg["init"], cfg["init"])
     # a checkpoint resumes only under the same config and the same input shards and teacher
     stages = ("inputs", "normalized", "crops", "reports", "embed")
     files = [f for k in stages for f in inputs[k]] + [inputs["concepts"]]

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 from pipeline import config as pipeline_config
+from pipeline import model_spec
 from pipeline.versions import STAGE_VERSIONS
 
 # Reject typos and wrong types before any job starts; fill defaults; coerce --config strings.
@@ -44,8 +45,10 @@ def segmenter_weights(wildcards):
 
 
 def teacher_weights(wildcards=None):
-    """teacher.weights when it names a file (fit_teacher is then skipped), else the fitted teacher."""
-    return config["teacher"]["weights"] or "results/teacher/model.pt"
+    """teacher.weights when it names a file, else a local-dir folder's own weights (fit_teacher is then skipped),
+    else the fitted teacher."""
+    t = config["teacher"]
+    return t["weights"] or model_spec.folder_weights(t["model"]) or "results/teacher/model.pt"
 
 
 def shard_ids():
@@ -77,11 +80,10 @@ def run_config(wildcards):
 
 
 def input_files(model):
-    """The model_inputs shards at the input size of an architecture (read from its JSON config, which spares the
-    workflow an open_clip import)."""
-    with open(f"{workflow.basedir}/pipeline/models/{model}.json") as f:
-        size = json.load(f)["vision_cfg"]["image_size"]
-    return expand("results/inputs/{size}px/shard-{shard}.h5", size=size, shard=shard_ids())
+    """The model_inputs shards at the input size and resampling of a model (read from its config, which spares
+    the workflow an open_clip import)."""
+    key = model_spec.input_spec(model).key
+    return expand("results/inputs/{key}/shard-{shard}.h5", key=key, shard=shard_ids())
 
 
 def model_input_files(wildcards):
@@ -101,13 +103,17 @@ def ground_truth():
 
 
 def evaluated_models():
-    """run name -> weights: the global baseline (the teacher) and every run of evaluate.runs."""
-    return {"baseline": teacher_weights(), **{r: f"results/train/{r}/model.pt" for r in run_names()}}
+    """run name -> weights: the global baseline (the teacher), every run of evaluate.runs, and the external
+    baselines of evaluate.baselines (a local-dir folder's own weights unless a file is named)."""
+    external = {n: b["weights"] or model_spec.folder_weights(b["model"])
+                for n, b in config["evaluate"]["baselines"].items()}
+    return {"baseline": teacher_weights(), **{r: f"results/train/{r}/model.pt" for r in run_names()}, **external}
 
 
 def evaluated_architectures():
     return {"baseline": config["teacher"]["model"],
-            **{r: pipeline_config.run_config(config, r)["model"] for r in run_names()}}
+            **{r: pipeline_config.run_config(config, r)["model"] for r in run_names()},
+            **{n: b["model"] for n, b in config["evaluate"]["baselines"].items()}}
 
 
 def pinned_manifests():

@@ -1,15 +1,16 @@
-# Each normalized image at a model's input size, uncompressed: what the student's batches are read from.
+# Each normalized image at a model's input size and resampling (key: 96px, 224px-bicubic), uncompressed: what the
+# student's batches are read from.
 rule model_inputs:
     input:
         normalized="results/normalize/shard-{shard}.h5",
     output:
-        shard="results/inputs/{size}px/shard-{shard}.h5",
+        shard="results/inputs/{key}/shard-{shard}.h5",
     log:
-        "logs/model_inputs/{size}px/shard-{shard}.log",
+        "logs/model_inputs/{key}/shard-{shard}.log",
     benchmark:
-        "benchmarks/model_inputs/{size}px/shard-{shard}.tsv"
+        "benchmarks/model_inputs/{key}/shard-{shard}.tsv"
     wildcard_constraints:
-        size=r"\d+",
+        key=r"\d+px(-bicubic)?",
     conda:
         ENV
     threads: 1
