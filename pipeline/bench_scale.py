@@ -31,6 +31,7 @@ def _config(n_studies: int) -> dict:
 
 def build(workdir: Path, n_studies: int) -> None:
     """The shards of a synthetic set of `n_studies` studies, made by the workflow (target `train`, 1 step)."""
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "bench.yaml").write_text(yaml.safe_dump(_config(n_studies)))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
