@@ -35,7 +35,7 @@ def build(workdir: Path, n_studies: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "bench.yaml").write_text(yaml.safe_dump(_config(n_studies)))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", str(workdir / "bench.yaml"), "--quiet", "train"]
+           "--cores", "2", "--configfile", str(workdir / "bench.yaml"), "--quiet", "all", "--", "train"]
     subprocess.run(cmd, check=True, cwd=workdir, capture_output=True)
 
 
