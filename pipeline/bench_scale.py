@@ -23,7 +23,7 @@ from .config import ROOT
 
 def _config(n_studies: int) -> dict:
     return {"data": {"shard_size": 64, "synthetic": {"n_studies": n_studies, "image_size": 128, "split": [0.8, 0.1, 0.1]}},
-            "normalize": {"size": 64, "write_png": False}, "segment": {"input_size": 64, "epochs": 1},
+            "normalize": {"size": 64}, "segment": {"input_size": 64, "epochs": 1},
             "crop": {"roi_size": 32, "min_size": 8, "min_lesion_area": 4},
             "teacher": {"steps": 2, "batch_size": 8, "warmup_steps": 1},
             "train": {"steps": 1, "batch_size": 8, "warmup_steps": 1}}
@@ -34,8 +34,8 @@ def build(workdir: Path, n_studies: int) -> None:
     workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "bench.yaml").write_text(yaml.safe_dump(_config(n_studies)))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--cores", "2", "--configfile", str(workdir / "bench.yaml"), "--quiet", "all", "--", "train"]
+    cmd = [sys.executable, "-m", "snakemake", "train", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+           str(workdir), "--cores", "2", "--quiet", "all", "--configfile", str(workdir / "bench.yaml")]
     subprocess.run(cmd, check=True, cwd=workdir, capture_output=True)
 
 
