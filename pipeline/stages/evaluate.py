@@ -496,10 +496,40 @@ def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndar
     return five, retrieval, bodies
 
 
+def run_benchmarks(checkpoints: dict[str, str], model_names: dict[str, str], out_dir: Path, cfg: dict,
+                   prepare_cfg: dict, device: torch.device) -> dict:
+    """Every benchmark of evaluate.benchmarks with a root, for every run: {benchmark: {run: figures}}; the cases
+    pinned in <out_dir>/benchmarks/<name>/manifest.json, grounding pictures of a fixed sample beside it."""
+    from .. import benchmarks
+    from ..predict import segmenter_path
+
+    chosen = {n: b for n, b in cfg.get("benchmarks", {}).items() if b.get("root")}
+    if not chosen:
+        return {}
+    seg = segmenter_path(prepare_cfg)
+    seg = seg if seg.is_file() else None
+    out = {}
+    for name, b in chosen.items():
+        pinned = benchmarks.manifest(name, b["root"], out_dir / "benchmarks" / name / "manifest.json", b["seed"],
+                                     b["split"], b["images"] or None)
+        prompts = (benchmarks.gloria_prompts(json.loads(Path(b["prompts"]).read_text()), b["prompts_per_class"], b["seed"])
+                   if b["prompts"] else None)
+        out[name] = {}
+        for run_name, weights in checkpoints.items():
+            emb = Embedder(weights, model_names[run_name], device)
+            out[name][run_name], pictures = benchmarks.evaluate(emb, pinned, prepare_cfg, seg, cfg["bootstrap"],
+                                                                cfg["seed"], prompts, cfg["benchmark_pictures"])
+            benchmarks.draw(pictures, name, run_name, out_dir / "benchmarks" / name)
+            log.info("benchmark %s, %s: %s", name, run_name, ", ".join(
+                f"{k} {v['value']:.3f}" for k, v in out[name][run_name].items() if k != "_cases" and k.count("/") <= 1))
+    return out
+
+
 def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path, cfg: dict,
-        truth_dir: str | Path | None = None, threads: int = 1) -> dict:
+        truth_dir: str | Path | None = None, threads: int = 1, prepare_cfg: dict | None = None) -> dict:
     """Evaluate every checkpoint (run name -> weights) and write metrics.json, report.md, plots and manifests.
-    cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed)."""
+    cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed, benchmarks);
+    prepare_cfg: the normalize, segment and crop sections, for the benchmarks' images."""
     torch.set_num_threads(usable_threads(threads))
     out_dir, folder, seed = Path(out_dir), cfg["manifests"], cfg["seed"]
     keep = pinned_ids(folder, "test_images")
@@ -537,12 +567,14 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
                         "pairs": len(test.pairs), "clear_regions": len(test.clear),
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
                         "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"]}}
+    if prepare_cfg is not None:
+        metrics["benchmarks"] = run_benchmarks(checkpoints, model_names, out_dir, cfg, prepare_cfg, device)
     if truth_dir:  # synthetic source: how often pairing picked the region a phrase describes (all splits)
         metrics["pairing_on_truth"] = accuracy_on_truth(inputs["crops"], inputs["reports"], truth_dir)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(report_markdown(metrics))
+        tmp.write_text(report_markdown(metrics) + benchmarks_markdown(metrics))
     plot(curves, results, out_dir)
     return metrics
 
@@ -636,6 +668,12 @@ def report_markdown(metrics: dict) -> str:
     lines.extend(["## Evaluation sets (manifests)", "", "| set | n | seed | sha256 |", "|---|---|---|---|"])
     lines.extend(f"| {k} | {v['n']} | {v['seed']} | `{v['sha256'][:16]}` |" for k, v in metrics["manifests"].items())
     return "\n".join(lines) + "\n"
+
+
+def benchmarks_markdown(metrics: dict) -> str:
+    from ..benchmarks import markdown
+
+    return ("\n" + markdown(metrics["benchmarks"])) if metrics.get("benchmarks") else ""
 
 
 def plot(curves: dict, results: dict, out_dir: Path) -> None:
