@@ -85,19 +85,22 @@ def similarity_map(patches: np.ndarray, text: np.ndarray, shape: tuple[int, int]
 
 
 # ------------------------------------------------------------------------------------------ region prompts
+def _overlap(n: int, grid: int) -> np.ndarray:
+    """(n, grid): how much of pixel k (the interval [k, k + 1)) lies in patch i, patches n / grid pixels wide."""
+    edges = np.arange(grid + 1) * (n / grid)
+    k = np.arange(n)[:, None]
+    return np.clip(np.minimum(k + 1, edges[None, 1:]) - np.maximum(k, edges[None, :-1]), 0, None)
+
+
 def mask_weights(mask: np.ndarray, grid: int) -> np.ndarray:
-    """(grid * grid,) each patch's share of a boolean (H, W) mask given in the pixels of the model's square input
-    image: mask pixels in the patch (by pixel centre) / mask pixels."""
-    mask = np.asarray(mask, bool)
-    h, w = mask.shape
-    ys, xs = np.nonzero(mask)
-    if len(ys) == 0:
+    """(grid * grid,) each patch's share of a boolean (H, W) mask in the pixels of the square model input image:
+    the mask area inside the patch / the mask area, pixels split exactly across patch edges (as models.box_weights
+    splits a box), so a mask of a box pools exactly like the box."""
+    m = np.asarray(mask, np.float64)
+    if not m.any():
         raise ValueError("the mask is empty")
-    py = np.minimum(((ys + 0.5) * grid / h).astype(int), grid - 1)
-    px = np.minimum(((xs + 0.5) * grid / w).astype(int), grid - 1)
-    out = np.zeros((grid, grid))
-    np.add.at(out, (py, px), 1.0)
-    return (out / len(ys)).reshape(-1).astype(np.float32)
+    area = _overlap(m.shape[0], grid).T @ m @ _overlap(m.shape[1], grid)
+    return (area / area.sum()).reshape(-1).astype(np.float32)
 
 
 def box_region_weights(box: tuple[float, float, float, float], grid: int, size: int) -> np.ndarray:
