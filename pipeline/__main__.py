@@ -9,7 +9,11 @@
     train --spec SPEC               one training run (what the rule, or torchrun in each process, starts)
     zeroshot --checkpoint CKPT IMAGE          the 14 observation probabilities of one DICOM / PNG
     ground --checkpoint CKPT IMAGE "PHRASE"   the phrase's heat map over that image's ROIs (-o PNG)
-    bench normalize|synthesize|parse-reports|segment|pairing|train|backbones   figures on this machine
+    describe --checkpoint CKPT IMAGE --box x0,y0,x1,y1 | --point x,y | --mask PNG [--text "..."]
+                                    concept probabilities of one region (pooled as training pools ROIs)
+    benchmark NAME --checkpoint CKPT [--root DIR]   ms_cxr, rsna_pneumonia, nih_bbox, siim_pneumothorax,
+                                    chexpert_5x200, mimic_5x200 from their official files
+    bench normalize|synthesize|parse-reports|segment|pairing|train|backbones|scale   figures on this machine
 """
 
 from __future__ import annotations
@@ -67,6 +71,35 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--model", default=None, help="architecture (default: the checkpoint's, else train.model)")
         s.add_argument("--segmenter", default=None,
                        help="U-Net weights (default: segment.weights, else results/segmenter/unet.pt)")
+
+    s = sub.add_parser("describe", help="what the model sees in one region of a radiograph (box, point or mask)")
+    s.add_argument("image", help="a DICOM, PNG or JPEG file")
+    s.add_argument("--checkpoint", required=True, help="model.pt of a run or the teacher, or a checkpoints/last.pt")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--box", help="x0,y0,x1,y1 in the file's pixels")
+    where.add_argument("--point", help="x,y in the file's pixels (the patch it falls in)")
+    where.add_argument("--mask", help="a PNG of the image's size, non-zero inside the region")
+    s.add_argument("--text", default=None, help='a phrase to score against the region, e.g. "no left effusion"')
+    s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
+    s.add_argument("--model", default=None, help="architecture (default: the checkpoint's, else train.model)")
+
+    s = sub.add_parser("benchmark", help="one public benchmark from its official files, outside the workflow")
+    s.add_argument("name", choices=["ms_cxr", "rsna_pneumonia", "nih_bbox", "siim_pneumothorax", "chexpert_5x200",
+                                    "mimic_5x200"])
+    s.add_argument("--checkpoint", required=True, help="model.pt of a run or the teacher, or a checkpoints/last.pt")
+    s.add_argument("--root", default=None, help="the dataset's folder (default: evaluate.benchmarks.NAME.root)")
+    s.add_argument("--images", default=None, help="ms_cxr: the MIMIC-CXR-JPG root its `path` column is relative to "
+                   "(default: --root)")
+    s.add_argument("--manifest", default=None, help="the pinned manifest (default results/benchmarks/NAME/manifest.json; "
+                   "written on the first read)")
+    s.add_argument("--prompts", default=None, help="5x200: a JSON vocabulary in GLoRIA's CHEXPERT_CLASS_PROMPTS form "
+                   "for the GLoRIA / MedCLIP prompt grammar (default: our prompt ensemble)")
+    s.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples")
+    s.add_argument("-o", "--out", default=None, help="a folder for grounding pictures of 3 cases")
+    s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
+    s.add_argument("--model", default=None, help="architecture (default: the checkpoint's, else train.model)")
+    s.add_argument("--segmenter", default=None, help="U-Net weights for the ROI-level map (default: segment.weights, "
+                   "else results/segmenter/unet.pt; without one, dense maps only)")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train",
@@ -132,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
 
         return predict.main(args.command, args.checkpoint, args.image, getattr(args, "phrase", None),
                             getattr(args, "out", None), args.config, args.model, args.segmenter)
+    elif args.command == "describe":
+        from . import describe
+
+        return describe.main(args.image, args.checkpoint, args.box, args.point, args.mask, args.text, args.config,
+                             args.model)
+    elif args.command == "benchmark":
+        from . import benchmarks
+        from .io import setup_logging
+
+        setup_logging()
+        return benchmarks.main(args.name, args.checkpoint, args.root, args.config, args.model, args.segmenter,
+                               args.manifest, args.images, args.prompts, args.bootstrap, args.out)
     elif args.command == "bench":
         from . import bench
 

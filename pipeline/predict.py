@@ -7,7 +7,10 @@ boxes (`crop.padded_rois`), and the model's ROI embeddings (`models.embed_images
 
     zeroshot   the 14 observation probabilities: softmax over a positive and a negative prompt ensemble
                (the same prompts and rule as evaluate's zero-shot AUROC);
-    ground     the phrase's heat map over the image's ROIs (evaluate.heat_map) drawn on the radiograph.
+    ground     the phrase's heat map over the image's ROIs (evaluate.heat_map) beside the dense patch-level map
+               (grounding.similarity_map) drawn on the radiograph; a negated or normal phrase the model finds
+               nowhere ("no left pleural effusion" where no region prefers "left pleural effusion") prints
+               "not present" and draws nothing.
 
 A checkpoint is an open_clip state dict (`results/train/<run>/model.pt`, `results/teacher/model.pt`) or a
 training checkpoint (`checkpoints/last.pt`, which names its own architecture). Nothing from the file's header
@@ -96,7 +99,31 @@ def ground(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[np.ndarray, 
     return heat_map(scores, rad.boxes[keep], size, emb.scale), weights
 
 
-def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path) -> Path:
+def dense_map(emb: Embedder, rad: PreparedImage, phrase: str) -> np.ndarray:
+    """The phrase's patch-level similarity map over the image (grounding.similarity_map)."""
+    from . import grounding
+
+    patches = grounding.patch_features(emb.model, rad.image[None])[0]
+    return grounding.similarity_map(patches, emb.texts([phrase])[0], rad.image.shape)
+
+
+def groundable(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[bool, float, str] | None:
+    """For a negated phrase: (whether some ROI prefers the affirmed finding over the phrase, the best ROI's
+    p(present), the affirmed phrase); for a normal statement (False, NaN, ""); None for any other phrase."""
+    from . import grounding
+
+    parts = grounding.negation_parts(phrase)
+    if parts is None:
+        return (False, float("nan"), "") if grounding.is_normal_statement(phrase) else None
+    keep = np.array([lab != "image" for lab in rad.labels]) if len(rad.labels) > 1 else np.ones(1, bool)
+    _, rois = emb.images_and_rois(rad.image[None], np.zeros(int(keep.sum()), np.int64), rad.boxes[keep])
+    pos, neg = emb.texts(list(parts))
+    p = float(grounding.presence(rois, pos, neg, emb.scale).max())
+    return p >= 0.5, p, parts[0]
+
+
+def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path,
+         dense: np.ndarray | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +132,14 @@ def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str,
 
     from .io import atomic_path
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.8))
+    fig, axes = plt.subplots(1, 1 if dense is None else 2, figsize=(4.5 if dense is None else 8.6, 4.8), squeeze=False)
+    ax = axes[0, 0]
+    if dense is not None:
+        d = axes[0, 1]
+        d.imshow(rad.image, cmap="gray", vmin=0, vmax=255)
+        d.imshow(np.ma.masked_invalid(dense), cmap="jet", alpha=0.35)
+        d.set_title("dense map: each patch vs the phrase", fontsize=9)
+        d.axis("off")
     ax.imshow(rad.image, cmap="gray", vmin=0, vmax=255)
     ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
     best = int(np.argmax(weights))
@@ -145,11 +179,20 @@ def main(command: str, checkpoint: str, image: str, phrase: str | None, out: str
         for o, p in zeroshot(emb, rad.image).items():
             print(f"{o:28s} {p:.3f}")
         return 0
+    verdict = groundable(emb, rad, phrase)
+    if verdict is not None and not verdict[0]:
+        why = (f'no region prefers "{verdict[2]}" (best p {verdict[1]:.3f})' if verdict[2]
+               else "a normal statement names nothing to point at")
+        print(f'not present: "{phrase}" grounds to nothing ({why}); no map drawn')
+        return 0
+    if verdict is not None:
+        print(f'note: the model finds "{verdict[2]}" (p {verdict[1]:.3f}), against "{phrase}"; its map follows')
+        phrase = verdict[2]
     heat, weights = ground(emb, rad, phrase)
     for k in np.argsort(-weights):
         if weights[k] > 0:
             box = to_original(rad.boxes[k : k + 1], rad.transform)[0]
             print(f"{rad.labels[k]:20s} {weights[k]:.3f}  box in the original image (x0 y0 x1 y1): "
                   + " ".join(f"{v:.0f}" for v in box))
-    print(draw(rad, heat, weights, phrase, out or "ground.png"))
+    print(draw(rad, heat, weights, phrase, out or "ground.png", dense_map(emb, rad, phrase)))
     return 0

@@ -184,6 +184,37 @@ def test_one_image_zeroshot_and_ground_from_the_command_line(tiny_run):
     assert bad.returncode != 0 and "checkpoint missing.pt is not a file" in bad.stderr
 
 
+def test_describe_regions_and_ground_a_negation_on_the_tiny_checkpoint(tiny_run):
+    import subprocess
+
+    from PIL import Image
+
+    metrics = json.loads((tiny_run / "results/evaluate/metrics.json").read_text())
+    for key in ("grounding/dense_cnr", "grounding/dense_pointing_game", "groundable/negated_accuracy"):
+        assert key in metrics["runs"]["student"] and key in metrics["runs"]["global_only"], key
+    assert "grounding/dense_cnr" in (tiny_run / "results/evaluate/report.md").read_text()
+    dicom = sorted((tiny_run / "data/synthetic/files").rglob("*.dcm"))[0]
+    ckpt = "results/train/student/model.pt"
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "pipeline", *args, "--config", str(TINY)], cwd=tiny_run,
+                              capture_output=True, text=True)
+
+    size = 160  # the tiny config's synthetic image size
+    mask = np.zeros((size, size), np.uint8)
+    mask[40:120, 90:150] = 255
+    Image.fromarray(mask).save(tiny_run / "region.png")
+    for where in (["--box", "90,40,150,120"], ["--point", "120,80"], ["--mask", str(tiny_run / "region.png")]):
+        out = cli("describe", str(dicom), "--checkpoint", ckpt, *where, "--text", "no left pleural effusion")
+        assert out.returncode == 0, out.stderr
+        assert "pleural effusion" in out.stdout and "side: right" in out.stdout and 'p("left pleural effusion")' in out.stdout
+    out = cli("ground", "--checkpoint", ckpt, str(dicom), "no left pleural effusion", "-o", "neg.png")
+    assert out.returncode == 0, out.stderr
+    said = out.stdout
+    assert ("not present" in said and not (tiny_run / "neg.png").exists()) or (
+        "the model finds" in said and (tiny_run / "neg.png").exists())
+
+
 def test_tiny_run_fits_a_teacher_open_clip_loads(tiny_run):
     import open_clip
 

@@ -17,7 +17,13 @@ Metrics (each with a patient-level bootstrap 95% interval, pipeline/stats.py):
   A text tower that merely pushes every "no ..." away wins the first and loses the converse;
 - grounding, where the synthetic truth has a box: the phrase's heat map over the image's ROIs (each ROI box
   painted with its softmax similarity), pointing game, IoU of the map thresholded at half its maximum, and CNR
-  (MS-CXR: |mean in - mean out| / sqrt(var in + var out)).
+  (MS-CXR: |mean in - mean out| / sqrt(var in + var out)); beside it the dense patch-level map (grounding.py:
+  every projected patch token against the phrase, smoothed, upsampled) with CNR, mIoU over thresholds 0.1-0.5 and
+  pointing game (`grounding/dense_*`);
+- groundability: a present statement should ground somewhere and a negated one ("there is no X in the left lung"
+  where the report leaves that lung clear) nowhere: `groundable/present_accuracy`, `groundable/negated_accuracy`;
+- benchmarks (evaluate.benchmarks.<name>.root, off by default): MS-CXR, RSNA, NIH boxes, SIIM, CheXpert / MIMIC
+  5x200 from their official files (pipeline/benchmarks.py), for every run.
 
 Runs: every run of evaluate.runs (and the seed replicas of student and the control), `baseline` (the teacher), the
 external baselines of evaluate.baselines (e.g. OpenAI CLIP, BiomedCLIP: zero-shot as they are, each with its own
@@ -388,13 +394,82 @@ def model_figures(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarr
             out[f"robust/{kind}/{o}"] = (units, lambda i, w=wins, sel=sel: w[i][sel[i]].mean() if sel[i].any() else np.nan)
     if "robust/side" in out:
         out["region/laterality"] = out["robust/side"]
+    if pairs and roi_mode == "pooled":
+        out.update(dense_grounding_figures(emb, test))
+        out.update(groundable_figures(emb, test, roi))
     return out, curves
+
+
+def dense_grounding_figures(emb: Embedder, test: TestSet) -> dict:
+    """grounding/dense_*: the patch-level similarity map (grounding.similarity_map) of each pair with a ground-truth
+    box, scored like MS-CXR (CNR clamped and signed, mIoU over thresholds 0.1-0.5, pointing game), beside the
+    ROI-level map's figures. Skipped for a model without open_clip's projected patch tokens."""
+    from .. import grounding
+
+    cases = [k for k, p in enumerate(test.pairs) if p["gt_box"] is not None]
+    if not cases or getattr(getattr(emb.model, "visual", None), "proj", None) is None:
+        return {}
+    images = sorted({test.pairs[k]["image"] for k in cases})
+    row = {image: j for j, image in enumerate(images)}
+    patches = grounding.patch_features(emb.model, test.images[images])
+    size = test.images.shape[-1]
+    texts = emb.texts([test.pairs[k]["text"] for k in cases])
+    keys = ("cnr", "cnr_signed", "miou", "pointing_game")
+    g = np.full((len(test.pairs), len(keys)), np.nan)
+    for k, t in zip(cases, texts):
+        p = test.pairs[k]
+        f = grounding.phrase_figures(grounding.similarity_map(patches[row[p["image"]]], t, (size, size)), [p["gt_box"]])
+        g[k] = [f[x] for x in keys]
+    units = [test.patient_id[p["image"]] for p in test.pairs]
+    return {f"grounding/dense_{name}": (units, lambda i, col=g[:, c]: float(np.nanmean(col[i]))
+                                        if np.isfinite(col[i]).any() else np.nan) for c, name in enumerate(keys)}
+
+
+def groundable_figures(emb: Embedder, test: TestSet, roi: np.ndarray) -> dict:
+    """Generalised grounding: does the model point somewhere only when there is something to point at? A statement
+    grounds when some region prefers it over its negation (grounding.presence >= 0.5, no threshold fitted).
+    present: "there is X in <place>" of each test pair, over all its image's ROIs; negated: "there is no X in the
+    <side> lung" for a side the report leaves clear while negating X (pairing.clear_regions), over that side's lung
+    and zone ROIs, which should all prefer the negation. `ground` makes the same call before drawing a map."""
+    from .. import grounding
+
+    correct, negated, units = [], [], []
+    for p in test.pairs:
+        pos, neg = emb.texts([statement(p["observation"], p["laterality"], p["zone"]),
+                              statement(p["observation"], p["laterality"], p["zone"], negated=True)])
+        correct.append(grounding.presence(roi[test.roi_of[p["image"]]], pos, neg, emb.scale).max() >= 0.5)
+        negated.append(False)
+        units.append(test.patient_id[p["image"]])
+    sides: dict[tuple, list[int]] = {}
+    for c in test.clear:
+        sides.setdefault((c["image"], c["observation"], c["laterality"]), []).append(c["roi"])
+    for (image, o, side), rois in sides.items():
+        pos, neg = emb.texts([statement(o, side, ""), statement(o, side, "", negated=True)])
+        correct.append(grounding.presence(roi[rois], pos, neg, emb.scale).max() < 0.5)
+        negated.append(True)
+        units.append(test.patient_id[image])
+    correct, negated = np.array(correct, float), np.array(negated, bool)
+    out = {}
+
+    def accuracy(i, which):
+        sel = negated[i] == which
+        return float(correct[i][sel].mean()) if sel.any() else np.nan
+
+    if (~negated).any():
+        out["groundable/present_accuracy"] = (units, lambda i: accuracy(i, False))
+    if negated.any():
+        out["groundable/negated_accuracy"] = (units, lambda i: accuracy(i, True))
+    if negated.any() and (~negated).any():
+        out["groundable/balanced_accuracy"] = (units, lambda i: float(np.nanmean([accuracy(i, False), accuracy(i, True)])))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ stage
 HEADLINE = ["auroc/mean", "5x200/accuracy", "i2r/R@1", "i2r/R@10", "r2i/R@1", "r2i/R@10", "region/top1",
             "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/converse", "robust/uncertain",
-            "robust/other_finding", "grounding/pointing_game", "grounding/iou", "grounding/cnr"]
+            "robust/other_finding", "grounding/pointing_game", "grounding/iou", "grounding/cnr",
+            "grounding/dense_pointing_game", "grounding/dense_miou", "grounding/dense_cnr",
+            "groundable/negated_accuracy", "groundable/present_accuracy"]
 
 
 def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict[str, str]]:
@@ -422,10 +497,40 @@ def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndar
     return five, retrieval, bodies
 
 
+def run_benchmarks(checkpoints: dict[str, str], model_names: dict[str, str], out_dir: Path, cfg: dict,
+                   prepare_cfg: dict, device: torch.device) -> dict:
+    """Every benchmark of evaluate.benchmarks with a root, for every run: {benchmark: {run: figures}}; the cases
+    pinned in <out_dir>/benchmarks/<name>/manifest.json, grounding pictures of a fixed sample beside it."""
+    from .. import benchmarks
+    from ..predict import segmenter_path
+
+    chosen = {n: b for n, b in cfg.get("benchmarks", {}).items() if b.get("root")}
+    if not chosen:
+        return {}
+    seg = segmenter_path(prepare_cfg)
+    seg = seg if seg.is_file() else None
+    out = {}
+    for name, b in chosen.items():
+        pinned = benchmarks.manifest(name, b["root"], out_dir / "benchmarks" / name / "manifest.json", b["seed"],
+                                     b["split"], b["images"] or None)
+        prompts = (benchmarks.gloria_prompts(json.loads(Path(b["prompts"]).read_text()), b["prompts_per_class"], b["seed"])
+                   if b["prompts"] else None)
+        out[name] = {}
+        for run_name, weights in checkpoints.items():
+            emb = Embedder(weights, model_names[run_name], device)
+            out[name][run_name], pictures = benchmarks.evaluate(emb, pinned, prepare_cfg, seg, cfg["bootstrap"],
+                                                                cfg["seed"], prompts, cfg["benchmark_pictures"])
+            benchmarks.draw(pictures, name, run_name, out_dir / "benchmarks" / name)
+            log.info("benchmark %s, %s: %s", name, run_name, ", ".join(
+                f"{k} {v['value']:.3f}" for k, v in out[name][run_name].items() if k != "_cases" and k.count("/") <= 1))
+    return out
+
+
 def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path, cfg: dict,
-        truth_dir: str | Path | None = None, threads: int = 1) -> dict:
+        truth_dir: str | Path | None = None, threads: int = 1, prepare_cfg: dict | None = None) -> dict:
     """Evaluate every checkpoint (run name -> weights) and write metrics.json, report.md, plots and manifests.
-    cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed)."""
+    cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed, benchmarks);
+    prepare_cfg: the normalize, segment and crop sections, for the benchmarks' images."""
     torch.set_num_threads(usable_threads(threads))
     out_dir, folder, seed = Path(out_dir), cfg["manifests"], cfg["seed"]
     keep = pinned_ids(folder, "test_images")
@@ -464,12 +569,14 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
                         "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"],
                         "external": sorted(cfg.get("baselines", {}))}}
+    if prepare_cfg is not None:
+        metrics["benchmarks"] = run_benchmarks(checkpoints, model_names, out_dir, cfg, prepare_cfg, device)
     if truth_dir:  # synthetic source: how often pairing picked the region a phrase describes (all splits)
         metrics["pairing_on_truth"] = accuracy_on_truth(inputs["crops"], inputs["reports"], truth_dir)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(report_markdown(metrics))
+        tmp.write_text(report_markdown(metrics) + benchmarks_markdown(metrics))
     plot(curves, results, out_dir)
     return metrics
 
@@ -564,6 +671,12 @@ def report_markdown(metrics: dict) -> str:
     lines.extend(["## Evaluation sets (manifests)", "", "| set | n | seed | sha256 |", "|---|---|---|---|"])
     lines.extend(f"| {k} | {v['n']} | {v['seed']} | `{v['sha256'][:16]}` |" for k, v in metrics["manifests"].items())
     return "\n".join(lines) + "\n"
+
+
+def benchmarks_markdown(metrics: dict) -> str:
+    from ..benchmarks import markdown
+
+    return ("\n" + markdown(metrics["benchmarks"])) if metrics.get("benchmarks") else ""
 
 
 def plot(curves: dict, results: dict, out_dir: Path) -> None:

@@ -2,7 +2,8 @@
 
 Each picture: the normalized radiograph, the image's ROI boxes (thin), the ground-truth box of the finding (green,
 synthetic truth), and each model's heat map for the phrase (evaluate.heat_map), titled with the phrase and the
-model's pointing-game hit and IoU.
+model's pointing-game hit and IoU; below each, the model's dense patch-level map (grounding.similarity_map) with its
+pointing hit and CNR, so the ROI map's anatomy prior can be told from what the patches see.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .. import grounding
 from ..io import atomic_path, usable_threads
 from .evaluate import Embedder, grounding_figures, heat_map, load_test_set
 
@@ -32,17 +34,31 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir)
     cases = [p for p in test.pairs if p["gt_box"] is not None][:n] or test.pairs[:n]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    heats = {}
+    heats, dense = {}, {}
+    size = test.images.shape[-1]
     for name, weights in checkpoints.items():
         emb = Embedder(weights, model_names[name], device)
         _, roi = emb.images_and_rois(test.images, test.roi_owner, test.roi_box)
+        patches = grounding.patch_features(emb.model, test.images[[p["image"] for p in cases]]) if cases else []
         for k, p in enumerate(cases):
             rois = test.roi_of[p["image"]]
-            heats[name, k] = heat_map(roi[rois] @ emb.texts([p["text"]])[0], test.roi_box[rois],
-                                      test.images.shape[-1], emb.scale)
+            text = emb.texts([p["text"]])[0]
+            heats[name, k] = heat_map(roi[rois] @ text, test.roi_box[rois], size, emb.scale)
+            dense[name, k] = grounding.similarity_map(patches[k], text, (size, size))
     written = []
     for k, p in enumerate(cases):
-        fig, axes = plt.subplots(1, len(checkpoints), figsize=(3.6 * len(checkpoints), 3.9), squeeze=False)
+        fig, axes = plt.subplots(2, len(checkpoints), figsize=(3.6 * len(checkpoints), 7.6), squeeze=False)
+        for ax, name in zip(axes[1], checkpoints):
+            ax.imshow(test.images[p["image"]], cmap="gray", vmin=0, vmax=255)
+            ax.imshow(dense[name, k], cmap="jet", alpha=0.35)
+            title = f"{name} dense"
+            if p["gt_box"] is not None:
+                x0, y0, x1, y1 = p["gt_box"]
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec="lime"))
+                f = grounding.phrase_figures(dense[name, k], [p["gt_box"]])
+                title += f": pointing {'hit' if f['pointing_game'] == 1 else 'miss'}, CNR {f['cnr']:.2f}"
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
         for ax, name in zip(axes[0], checkpoints):
             ax.imshow(test.images[p["image"]], cmap="gray", vmin=0, vmax=255)
             ax.imshow(heats[name, k], cmap="jet", alpha=0.35, vmin=0, vmax=1)

@@ -24,6 +24,7 @@ rule evaluate:
         models=evaluated_models(),
         architectures=evaluated_architectures(),
         truth=ground_truth(),
+        prepare={k: config[k] for k in ("normalize", "segment", "crop")},  # benchmark images, as a file is prepared
         version=stage_version("evaluate"),
     script:
         "../scripts/evaluate.py"
