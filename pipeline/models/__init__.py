@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 
+from ..io import progress
+
 open_clip.add_model_config(Path(__file__).parent)
 
 MODELS = ("medclip-tiny", "medclip-vit-b-16")
@@ -133,7 +135,7 @@ def embed_images_and_rois(model: torch.nn.Module, images: np.ndarray, roi_image:
     dim = model.text_projection.shape[-1]
     image_out, roi_out = np.zeros((len(images), dim), np.float32), np.zeros((len(roi_image), dim), np.float32)
     scale = size / images.shape[-1] if len(images) else 1.0
-    for start in range(0, len(images), batch_size):
+    for start in progress(range(0, len(images), batch_size), desc="embed images and ROIs", unit="batches"):
         sel = np.flatnonzero((roi_image >= start) & (roi_image < start + batch_size))
         pixels = to_model_input(images[start : start + batch_size], size).to(device)
         image, roi = encode_image_and_rois(model, pixels, torch.from_numpy(roi_image[sel] - start).to(device),
