@@ -6,7 +6,13 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -61,3 +67,43 @@ def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO,
 def files_sha256(paths) -> str:
     """One SHA-256 over several files' SHA-256s, in order: what a training checkpoint was made from."""
     return hashlib.sha256("".join(sha256_file(p) for p in paths).encode()).hexdigest()
+
+
+def progress(items: Iterable[T], total: int | None = None, desc: str = "", log: logging.Logger | None = None,
+             unit: str = "images", initial: int = 0, every_s: float = 30.0) -> Iterator[T]:
+    """Yield `items` and report progress: a tqdm bar when stderr is a terminal (shown only for loops that last
+    over 2 s), else one log line every `every_s` seconds with the count, rate and ETA, so that a Snakemake log
+    or a cluster job's output stays short. `initial` counts items done before (a resumed run)."""
+    if total is None and hasattr(items, "__len__"):
+        total = len(items) + initial
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(items, total=total, desc=desc, unit=f" {unit}", initial=initial, delay=2.0,
+                        dynamic_ncols=True, leave=False)
+        return
+    log = log or logging.getLogger("pipeline")
+    start = last = time.monotonic()
+    done = initial
+    for item in items:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= every_s:
+            last = now
+            log.info("%s", progress_line(desc, done, total, (done - initial) / (now - start), unit))
+
+
+def progress_line(desc: str, done: int, total: int | None, rate: float, unit: str) -> str:
+    """'normalize 00003: 1200/5000 images, 40.0 images/s, ETA 1m35s' (no ETA without a total or a rate)."""
+    line = f"{desc}: {done}{f'/{total}' if total is not None else ''} {unit}, {rate:.1f} {unit}/s"
+    if total is not None and rate > 0:
+        line += f", ETA {_duration((total - done) / rate)}"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"

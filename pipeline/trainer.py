@@ -33,7 +33,7 @@ import torch.nn as nn
 from . import models
 from .config import config_sha256
 from .data import ImageReportPairs, RegionData
-from .io import atomic_path, usable_threads
+from .io import atomic_path, progress, usable_threads
 from .losses import RegionAwareLoss
 from .vocab import mirror_text, normalize_text
 
@@ -361,7 +361,8 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     metrics = open(metrics_path, "a") if rank == 0 else None
     loader = step_loader(batches, cfg, start, rank, world, pin=device.type == "cuda")
     try:
-        for step, micros in zip(range(start, cfg["steps"]), loader):
+        steps = zip(range(start, cfg["steps"]), loader)
+        for step, micros in progress(steps, cfg["steps"], "train", log, "steps", start) if rank == 0 else steps:
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             optimizer.zero_grad(set_to_none=True)

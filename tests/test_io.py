@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from pipeline.io import atomic_path, usable_threads
+import pipeline.io
+from pipeline.io import atomic_path, progress, progress_line, usable_threads
 
 
 def test_torch_threads_never_exceed_the_usable_cores():
@@ -19,3 +20,30 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
     with atomic_path(tmp_path / "out.txt") as tmp:
         tmp.write_text("whole")
     assert (tmp_path / "out.txt").read_text() == "whole" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_progress_in_a_log_is_one_line_per_interval_with_rate_and_eta(monkeypatch, caplog):
+    clock = iter(range(0, 1000, 10))  # every call to the clock is 10 s later
+    monkeypatch.setattr(pipeline.io.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(pipeline.io.sys.stderr, "isatty", lambda: False)
+    with caplog.at_level("INFO", logger="pipeline"):
+        assert list(progress(range(12), desc="normalize 00003", every_s=30)) == list(range(12))
+    # start at t=0; item k ends at t=10k; a line at items 3, 6, 9, 12: 3 items per 30 s
+    assert [r.getMessage() for r in caplog.records] == [
+        "normalize 00003: 3/12 images, 0.1 images/s, ETA 1m30s",
+        "normalize 00003: 6/12 images, 0.1 images/s, ETA 1m00s",
+        "normalize 00003: 9/12 images, 0.1 images/s, ETA 30s",
+        "normalize 00003: 12/12 images, 0.1 images/s, ETA 0s"]
+
+
+def test_progress_of_a_resumed_run_counts_from_where_it_stopped(monkeypatch, caplog):
+    assert progress_line("parse_reports", 7, None, 1.0, "sections") == "parse_reports: 7 sections, 1.0 sections/s"
+    assert progress_line("x", 0, 7200, 1.0, "steps") == "x: 0/7200 steps, 1.0 steps/s, ETA 2h00m"
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(pipeline.io.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(pipeline.io.sys.stderr, "isatty", lambda: False)
+    with caplog.at_level("INFO", logger="pipeline"):
+        steps = list(progress(range(150, 156), desc="train student", unit="steps", initial=150, every_s=30))
+    assert steps == list(range(150, 156))  # the total is the run's, the rate only this process's steps
+    assert [r.getMessage() for r in caplog.records] == ["train student: 153/156 steps, 0.1 steps/s, ETA 30s",
+                                                        "train student: 156/156 steps, 0.1 steps/s, ETA 0s"]

@@ -232,6 +232,73 @@ def test_given_teacher_weights_skip_fit_teacher(tiny_run, tmp_path):
     assert "fit_teacher" not in jobs(out)
 
 
+def _snakemake(work, *args):
+    """Snakemake as the README runs it: no --cores unless a profile sets it."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory",
+                           str(work), *args, "--configfile", str(TINY)], cwd=work, capture_output=True, text=True)
+
+
+def test_report_as_the_readme_writes_it_with_and_without_a_profile(tiny_run):
+    for profile in ((), ("--profile", str(ROOT / "profiles" / "workstation"))):
+        report = tiny_run / "report.html"
+        report.unlink(missing_ok=True)
+        proc = _snakemake(tiny_run, *profile, "--report", "report.html")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        html = report.read_text(errors="replace")
+        assert "retrieval.png" in html and "grounding-00.png" in html
+
+
+def job_resources(dry_run_output: str) -> dict[str, dict[str, str]]:
+    """rule -> the resources of its first job in a dry run ('gpu' -> '1', 'runtime' -> '30', ...)."""
+    found = {}
+    for rule, body in re.findall(r"^(?:local)?(?:rule|checkpoint) (\w+):\n((?:    .*\n)+)", dry_run_output, re.M):
+        line = re.search(r"^    resources: (.*)$", body, re.M)
+        found.setdefault(rule, dict(kv.split("=", 1) for kv in line[1].split(", ")) if line else {})
+    return found
+
+
+def test_slurm_profile_asks_a_gpu_for_the_model_rules_only(tiny_run):
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="the slurm executor plugin is not installed "
+                        "(pip install -e '.[slurm]' or '.[test]')")
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    # a dry run resolves the profile without sbatch; forcing the per-shard roots lists every rule after ingest
+    proc = _snakemake(tiny_run, "--profile", str(ROOT / "profiles" / "slurm"), "-n", "--forcerun", "normalize",
+                      "parse_reports")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resources = job_resources(proc.stdout)
+    gpu_rules = {"fit_teacher", "embed_concepts", "embed_teacher", "train_run", "evaluate", "visualize"}
+    cpu_rules = {"normalize", "parse_reports", "train_segmenter", "segment", "crop", "model_inputs"}
+    assert set(resources) >= gpu_rules | cpu_rules
+    for rule in gpu_rules:
+        job = SimpleNamespace(resources=resources[rule], rule=rule)
+        assert resources[rule]["slurm_partition"] == "gpu" and set_gres_string(job) == " --gpus=1", rule
+    for rule in cpu_rules:
+        job = SimpleNamespace(resources=resources[rule], rule=rule)
+        assert resources[rule]["slurm_partition"] == "cpu" and set_gres_string(job) == "", rule
+    # per-rule runtimes: the profile's for the training rules, the workflow config's elsewhere
+    assert resources["train_run"]["runtime"] == "1440" and resources["normalize"]["runtime"] == "30"
+    assert resources["train_run"]["mem_mb"] == "8000" and resources["parse_reports"]["mem_mb"] == "1500"
+
+
+def test_gpu_resource_follows_config_and_torchrun_processes(tmp_path):
+    runs = "evaluate={runs: {student: {nproc_per_node: 2}}}"  # merged into config.yaml's runs
+    # no profile: the workstation's --resources gpu=1 would cap a job's request at its one GPU
+    proc = _snakemake(tmp_path, "-n", "--config", runs, "resources={train_run: {runtime: 60}}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    gpus = dict(re.findall(r"wildcards: run=(\S+)\n(?:    threads: .*\n)?    resources: .*?gpu=(\d+)", out))
+    assert gpus == {"student": "2", "student@1": "2", "global_only": "1", "global_only@1": "1", "no_roi": "1",
+                    "no_neg": "1", "no_distill": "1"}
+    # one value changed in --config; the rule's other values stay
+    train_run = job_resources(out)["train_run"]
+    assert train_run["runtime"] == "60" and train_run["mem_mb"] == "8000"
+
+
 def test_tiny_run_segments_and_crops_every_image(tiny_run):
     metrics = json.loads((tiny_run / "results/segmenter/metrics.json").read_text())
     assert metrics["train_images"] > 0 and "dice_right_lung" in metrics["validate"]

@@ -43,6 +43,8 @@ from open_clip.transformer import text_global_pool  # noqa: E402
 from ..model_spec import (CXR_MEAN, CXR_STD, OURS, InputSpec, folder_weights, input_spec,  # noqa: E402, F401
                           local_dir, read_config)
 
+from ..io import progress
+
 open_clip.add_model_config(Path(__file__).parent)
 
 MODELS = OURS
@@ -266,7 +268,7 @@ def embed_images_and_rois(model: torch.nn.Module, images: np.ndarray, roi_image:
     roi_image, boxes = np.asarray(roi_image, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4)
     image_out = roi_out = None
     scale = spec.size / images.shape[-1] if len(images) else 1.0
-    for start in range(0, len(images), batch_size):
+    for start in progress(range(0, len(images), batch_size), desc="embed images and ROIs", unit="batches"):
         sel = np.flatnonzero((roi_image >= start) & (roi_image < start + batch_size))
         pixels = to_model_input(images[start : start + batch_size], spec).to(device)
         image, roi = encode_image_and_rois(model, pixels, torch.from_numpy(roi_image[sel] - start).to(device),

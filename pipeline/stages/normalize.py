@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from ..io import sha256_file
+from ..io import progress, sha256_file
 from ..shards import ShardWriter
 from ..versions import STAGE_VERSIONS
 from .ingest import load_studies
@@ -253,7 +253,7 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
     rejected: dict[str, list] = {"image_id": [], "reason": []}
     if png_dir:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
-    for rec in table.itertuples(index=False):
+    for rec in progress(table.itertuples(index=False), len(table), f"normalize {shard}", log):
         try:
             image, transform, rad = normalize_file(rec.image_path, cfg)
         except Rejected as e:

@@ -35,7 +35,7 @@ from ..labels import OBSERVATIONS, label_prompts
 from ..reports import lexicon as lx
 from ..reports.score import combine_sides, study_labels
 from ..shards import ShardWriter, csr_offsets
-from ..io import sha256_file
+from ..io import progress, sha256_file
 from ..versions import STAGE_VERSIONS
 from .ingest import load_studies
 
@@ -234,7 +234,7 @@ def parse_reports(texts: list[str], cfg: dict) -> list[ParsedReport]:
         jobs += [(len(results) - 1, s, _clean(sections[s])) for s in wanted]
     docs = nlp.pipe((t for _, _, t in jobs), batch_size=64)
     offsets: dict[int, int] = {}
-    for (i, section, _), doc in zip(jobs, docs):
+    for (i, section, _), doc in progress(zip(jobs, docs), len(jobs), "parse_reports", log, unit="sections"):
         found = phrases_of(doc, section, offsets.get(i, 0))
         offsets[i] = offsets.get(i, 0) + sum(1 for _ in doc.sents)
         results[i].phrases += found

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from ..io import sha256_file, usable_threads
+from ..io import progress, sha256_file, usable_threads
 from ..shards import Shard, ShardWriter
 from ..versions import STAGE_VERSIONS
 from .normalize import as_uint8
@@ -61,7 +61,7 @@ def predict(model: torch.nn.Module, images: np.ndarray, input_size: int, thresho
     """Masks (N, 3, S, S) bool at the images' own size S."""
     size = images.shape[-1]
     out = np.zeros((len(images), len(CLASSES), size, size), dtype=bool)
-    for i in range(0, len(images), batch_size):
+    for i in progress(range(0, len(images), batch_size), desc="segment", log=log, unit="batches"):
         logits = model(to_input(images[i : i + batch_size], input_size))
         logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
         out[i : i + batch_size] = (torch.sigmoid(logits) > threshold).numpy()

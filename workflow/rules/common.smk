@@ -120,3 +120,30 @@ def pinned_manifests():
     """The pinned evaluation sets of evaluate.manifests (a change to one reruns evaluate)."""
     folder = config["evaluate"]["manifests"]
     return sorted(str(p) for p in Path(folder).glob("*.json")) if folder else []
+
+
+def _rule_resources(name):
+    """resources.default, then the schema's entry for the rule, then config's, key by key (so that
+    `--config resources="{train_run: {gpu: 2}}"`, which replaces the section, changes that one value only)."""
+    schema = pipeline_config.load_schema()["properties"]["resources"]["properties"]
+    return {**config["resources"]["default"], **schema[name]["default"], **config["resources"].get(name, {})}
+
+
+def rule_threads(name):
+    return _rule_resources(name)["threads"]
+
+
+def torchrun_processes(wildcards):
+    """Processes a train_run job starts (train.nproc_per_node of the run)."""
+    return run_config(wildcards)["nproc_per_node"]
+
+
+def rule_resources(name, gpu_per=None):
+    """A rule's `resources:` (mem_mb, runtime in minutes, and gpu where it asks for one, times `gpu_per(wildcards)`
+    when given). Threads come from config rather than `workflow.cores`, which `--report` and cluster runs leave
+    undefined."""
+    r = _rule_resources(name)
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
+    if r["gpu"]:
+        out["gpu"] = (lambda wildcards: r["gpu"] * gpu_per(wildcards)) if gpu_per else r["gpu"]
+    return out

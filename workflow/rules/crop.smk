@@ -10,9 +10,9 @@ rule crop:
         "benchmarks/crop/shard-{shard}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("crop")
     resources:
-        mem_mb=2000,
+        **rule_resources("crop"),
     params:
         cfg=stage_config("crop"),
         version=stage_version("crop"),

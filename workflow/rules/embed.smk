@@ -9,9 +9,9 @@ rule embed_concepts:
         "benchmarks/embed_teacher/concepts.tsv"
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("embed_concepts")
     resources:
-        mem_mb=2000,
+        **rule_resources("embed_concepts"),
     params:
         cfg=embed_config(),
         version=stage_version("embed_teacher"),
@@ -33,9 +33,9 @@ rule embed_teacher:
         "benchmarks/embed_teacher/shard-{shard}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("embed_teacher")
     resources:
-        mem_mb=2000,
+        **rule_resources("embed_teacher"),
     params:
         cfg=embed_config(),
         version=stage_version("embed_teacher"),

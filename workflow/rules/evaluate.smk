@@ -16,9 +16,9 @@ rule evaluate:
         "benchmarks/evaluate/evaluate.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: rule_threads("evaluate")
     resources:
-        mem_mb=4000,
+        **rule_resources("evaluate"),
     params:
         cfg=stage_config("evaluate"),
         models=evaluated_models(),
@@ -43,7 +43,9 @@ rule visualize:
         "logs/visualize/visualize.log",
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("visualize")
+    resources:
+        **rule_resources("visualize"),
     params:
         architectures={"baseline": config["teacher"]["model"], "student": config["train"]["model"]},
         truth=ground_truth(),

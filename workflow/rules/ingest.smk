@@ -10,7 +10,9 @@ checkpoint ingest:
         "benchmarks/ingest/ingest.tsv"
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("ingest")
+    resources:
+        **rule_resources("ingest"),
     params:
         cfg=stage_config("data"),
         version=stage_version("ingest"),

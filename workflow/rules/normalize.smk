@@ -11,9 +11,9 @@ rule normalize:
         "benchmarks/normalize/shard-{shard}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("normalize")
     resources:
-        mem_mb=2000,
+        **rule_resources("normalize"),
     params:
         cfg=stage_config("normalize"),
         version=stage_version("normalize"),

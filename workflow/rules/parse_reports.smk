@@ -10,9 +10,9 @@ rule parse_reports:
         "benchmarks/parse_reports/shard-{shard}.tsv"
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("parse_reports")
     resources:
-        mem_mb=1500,
+        **rule_resources("parse_reports"),
     params:
         cfg=stage_config("parse_reports"),
         version=stage_version("parse_reports"),

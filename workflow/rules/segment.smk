@@ -11,9 +11,9 @@ rule train_segmenter:
         "benchmarks/train_segmenter/train_segmenter.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: rule_threads("train_segmenter")
     resources:
-        mem_mb=4000,
+        **rule_resources("train_segmenter"),
     params:
         cfg=stage_config("segment"),
         norm_cfg=stage_config("normalize"),
@@ -35,9 +35,9 @@ rule segment:
         "benchmarks/segment/shard-{shard}.tsv"
     conda:
         ENV
-    threads: 2
+    threads: rule_threads("segment")
     resources:
-        mem_mb=2000,
+        **rule_resources("segment"),
     params:
         cfg=stage_config("segment"),
         version=stage_version("segment"),

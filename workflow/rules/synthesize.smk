@@ -7,7 +7,9 @@ rule synthesize:
         "benchmarks/synthesize/synthesize.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: rule_threads("synthesize")
+    resources:
+        **rule_resources("synthesize"),
     params:
         cfg=config["data"]["synthetic"],
         version=stage_version("synthesize"),

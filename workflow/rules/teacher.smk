@@ -12,9 +12,9 @@ rule fit_teacher:
         "benchmarks/fit_teacher/fit_teacher.tsv"
     conda:
         ENV
-    threads: workflow.cores
+    threads: rule_threads("fit_teacher")
     resources:
-        mem_mb=4000,
+        **rule_resources("fit_teacher"),
     params:
         cfg=stage_config("teacher"),
         version=stage_version("fit_teacher"),

@@ -13,9 +13,9 @@ rule model_inputs:
         key=r"\d+px(-bicubic)?",
     conda:
         ENV
-    threads: 1
+    threads: rule_threads("model_inputs")
     resources:
-        mem_mb=1000,
+        **rule_resources("model_inputs"),
     params:
         version=stage_version("model_inputs"),
     script:
@@ -43,9 +43,9 @@ rule train_run:
         run=r"[A-Za-z0-9_-]+(@\d+)?",
     conda:
         ENV
-    threads: workflow.cores
+    threads: rule_threads("train_run")
     resources:
-        mem_mb=8000,
+        **rule_resources("train_run", gpu_per=torchrun_processes),
     params:
         cfg=run_config,
         version=stage_version("train"),
