@@ -74,6 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--size", type=int, default=None, help="source image rows")
     s.add_argument("--teacher-model", default=None, help="bench train: the online teacher's architecture "
                    "(default teacher.model; medclip-vit-b-16 shows a GPU-sized teacher, randomly initialised)")
+    s.add_argument("--table", default=None, help="bench segment: lung Dice against this mask table (masks, lungs "
+                   "or chexmask format); trains a U-Net on the table's other patients unless --weights is given")
+    s.add_argument("--weights", default=None, help="bench segment --table: the U-Net to score")
+    s.add_argument("--holdout", type=float, default=0.2, help="bench segment --table: share of patients scored")
+    s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
 
     args = p.parse_args(argv)
     if args.command == "inspect":
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "bench":
         from . import bench
 
-        bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model)
+        bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model, table=args.table,
+                  weights=args.weights, holdout=args.holdout, cfg_path=args.config)
     return 0
 
 
