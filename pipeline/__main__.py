@@ -9,6 +9,7 @@
     train --spec SPEC               one training run (what the rule, or torchrun in each process, starts)
     zeroshot --checkpoint CKPT IMAGE          the 14 observation probabilities of one DICOM / PNG
     ground --checkpoint CKPT IMAGE "PHRASE"   the phrase's heat map over that image's ROIs (-o PNG)
+    qc SEGMENT_DIR [-o DIR]         flags per image and a montage of the worst segmentations
     bench normalize|synthesize|parse-reports|segment|pairing|train   figures on this machine
 """
 
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--model", default=None, help="architecture (default: the checkpoint's, else train.model)")
         s.add_argument("--segmenter", default=None,
                        help="U-Net weights (default: segment.weights, else results/segmenter/unet.pt)")
+
+    s = sub.add_parser("qc", help="segmentation quality flags (CSV) and a montage of the worst images")
+    s.add_argument("segment_dir", help="the segment stage's folder, e.g. results/segment")
+    s.add_argument("-o", "--out", default=None, help="output folder (default: results/qc beside it)")
+    s.add_argument("--n", type=int, default=16, help="images in the montage")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train"])
@@ -131,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
 
         return predict.main(args.command, args.checkpoint, args.image, getattr(args, "phrase", None),
                             getattr(args, "out", None), args.config, args.model, args.segmenter)
+    elif args.command == "qc":
+        from . import qc
+
+        csv_path, png_path, table = qc.run(args.segment_dir, args.out, args.n)
+        print(f"{len(table)} images, {(table['flags'] != '').sum()} flagged "
+              f"({(table['no_lungs']).sum()} without lungs): {csv_path}, {png_path}")
     elif args.command == "bench":
         from . import bench
 

@@ -175,3 +175,20 @@ def test_dice():
     b[1:3] = True
     assert train_segmenter.dice(a, b) == pytest.approx(0.5)
     assert np.isnan(train_segmenter.dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_qc_ranks_failed_segmentations_first(tmp_path):
+    from pipeline import qc
+
+    good_r, good_l = lung(rows=(20, 110), cols=(15, 60)), lung(rows=(20, 110), cols=(70, 112))
+    right = np.stack([good_r, np.zeros_like(good_r), good_r])
+    left = np.stack([good_l, np.zeros_like(good_l), lung(rows=(20, 110), cols=(70, 75))])  # tiny left lung
+    norm, seg = _write_inputs(tmp_path, right, left, np.zeros_like(right))
+    (tmp_path / "normalize").mkdir()
+    (tmp_path / "segment").mkdir()
+    norm.rename(tmp_path / "normalize" / "shard-00000.h5")
+    seg.rename(tmp_path / "segment" / "shard-00000.h5")
+    csv_path, png_path, table = qc.run(tmp_path / "segment", n=2)
+    assert table["image_id"].tolist() == ["img1", "img2", "img0"]  # no lungs, then left/right off, then fine
+    assert table["flags"].tolist() == ["no_lungs;small_lungs;left_right", "left_right", ""]
+    assert csv_path.exists() and png_path.stat().st_size > 1000
