@@ -192,3 +192,32 @@ def test_qc_ranks_failed_segmentations_first(tmp_path):
     assert table["image_id"].tolist() == ["img1", "img2", "img0"]  # no lungs, then left/right off, then fine
     assert table["flags"].tolist() == ["no_lungs;small_lungs;left_right", "left_right", ""]
     assert csv_path.exists() and png_path.stat().st_size > 1000
+
+
+def test_encoder_weights_from_a_local_rgb_state_dict(tmp_path, seg_cfg):
+    donor = segment.smp.Unet(encoder_name=seg_cfg["encoder"], encoder_weights=None, in_channels=3, classes=1)
+    torch.save(donor.encoder.state_dict(), tmp_path / "imagenet.pth")  # as torchvision / timm ship them: RGB
+    model = segment.build_unet(seg_cfg)
+    train_segmenter.load_encoder_weights(model, tmp_path / "imagenet.pth")
+    first = next(k for k, v in model.encoder.state_dict().items() if v.ndim == 4)
+    torch.testing.assert_close(model.encoder.state_dict()[first], donor.encoder.state_dict()[first].sum(1, keepdim=True))
+
+
+def test_augmentation_moves_image_and_masks_together():
+    x = torch.zeros(4, 1, 64, 64)
+    x[:, :, 16:48, 8:28] = 1.0
+    y = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x)], 1)
+    xa, ya = train_segmenter.augment(x, y, torch.Generator().manual_seed(0))
+    assert not torch.equal(ya, y)  # moved
+    inside = xa[ya[:, :1] > 0].mean()
+    outside = xa[(ya[:, :1] == 0)].mean()
+    assert inside > outside + 0.5  # the bright block is still where its mask went
+
+
+def test_segment_train_sources_are_checked_by_the_schema():
+    cfg = config.load(overrides={"segment": {"train": [{"format": "chexmask", "path": "MIMIC-CXR-JPG.csv.gz"}]}})
+    assert cfg["segment"]["train"][0]["format"] == "chexmask"
+    with pytest.raises(config.ConfigError, match="segment.train.0"):
+        config.load(overrides={"segment": {"train": [{"format": "chexmaks", "path": "x.csv"}]}})
+    with pytest.raises(config.ConfigError, match="train_csv"):
+        config.load(overrides={"segment": {"train_csv": "old.csv"}})
