@@ -332,7 +332,7 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
         history.append(total / len(x))
         line = f"epoch {epoch + 1}/{cfg['epochs']} loss {history[-1]:.4f}"
         if patience:
-            v = evaluate(model, *validate, cfg)
+            v = evaluate(model, *validate[:2], cfg, *validate[2:])
             scores.append((v["dice_right_lung"] + v["dice_left_lung"]) / 2)
             line += f", validate lung Dice {scores[-1]:.4f}"
             if scores[-1] > best[0]:
@@ -347,7 +347,7 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
     if scores:
         metrics.update(validate_lung_dice=scores, best_epoch=best[1] + 1)
     if validate is not None:
-        metrics["validate"] = evaluate(model, *validate, cfg)
+        metrics["validate"] = evaluate(model, *validate[:2], cfg, *validate[2:])
     return model.eval(), metrics
 
 
