@@ -221,3 +221,16 @@ def test_segment_train_sources_are_checked_by_the_schema():
         config.load(overrides={"segment": {"train": [{"format": "chexmaks", "path": "x.csv"}]}})
     with pytest.raises(config.ConfigError, match="train_csv"):
         config.load(overrides={"segment": {"train_csv": "old.csv"}})
+
+
+def test_real_examples_train_with_early_stopping_on_the_validate_lung_dice(seg_cfg):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (4, 64, 64)).astype(np.uint8)
+    masks = np.zeros((4, 3, 64, 64), bool)
+    masks[:, 0, 10:50, 8:28] = masks[:, 1, 10:50, 36:56] = True
+    known, boxed = np.tile([True, True, False], (4, 1)), np.zeros(4, bool)  # lung masks only: no lesion labels
+    cfg = {**seg_cfg, "epochs": 3, "batch_size": 2, "patience": 1}
+    _, metrics = train_segmenter.train({"train": (images, masks, known, boxed),
+                                        "validate": (images[:2], masks[:2], known[:2], boxed[:2])}, cfg)
+    assert 1 <= metrics["best_epoch"] <= 3 and len(metrics["validate_lung_dice"]) >= 2
+    assert np.isnan(metrics["validate"]["dice_lesion"])  # lesions unknown, not scored as absent
