@@ -297,7 +297,12 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
     x = to_input(images, cfg["input_size"])  # (N, 1, s, s)
     # area-downsampled masks, thresholded: smoother targets than nearest neighbour
     y = (F.interpolate(torch.from_numpy(masks).float(), size=x.shape[-2:], mode="area") > 0.5).float()
-    known, boxed = (torch.from_numpy(flags[0]), torch.from_numpy(flags[1])) if flags else (None, None)
+    known, boxed = (torch.from_numpy(flags[0]).clone(), torch.from_numpy(flags[1])) if flags else (None, None)
+    if known is not None and not known[:, 2].any():
+        # no source labels lesions: an untrained lesion channel would fire at random and make lesion ROIs
+        # from noise, so it learns to stay empty (segment.train with a boxes or lesion-mask source trains it)
+        log.info("no training image has lesion labels: the lesion channel is trained to stay empty")
+        known[:, 2] = True
     model = build_unet(cfg)
     if cfg.get("encoder_weights"):
         load_encoder_weights(model, cfg["encoder_weights"])
