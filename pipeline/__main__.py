@@ -13,6 +13,7 @@
                                     concept probabilities of one region (pooled as training pools ROIs)
     benchmark NAME --checkpoint CKPT [--root DIR]   ms_cxr, rsna_pneumonia, nih_bbox, siim_pneumothorax,
                                     chexpert_5x200, mimic_5x200 from their official files
+    qc SEGMENT_DIR [-o DIR]         flags per image and a montage of the worst segmentations
     bench normalize|synthesize|parse-reports|segment|pairing|train|backbones|scale   figures on this machine
 """
 
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--model", default=None, help="architecture (default: the checkpoint's, else train.model)")
     s.add_argument("--segmenter", default=None, help="U-Net weights for the ROI-level map (default: segment.weights, "
                    "else results/segmenter/unet.pt; without one, dense maps only)")
+    s = sub.add_parser("qc", help="segmentation quality flags (CSV) and a montage of the worst images")
+    s.add_argument("segment_dir", help="the segment stage's folder, e.g. results/segment")
+    s.add_argument("-o", "--out", default=None, help="output folder (default: results/qc beside it)")
+    s.add_argument("--n", type=int, default=16, help="images in the montage")
 
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train",
@@ -113,6 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--reports", default=None, help="bench parse-reports: a CSV of real reports (study_id, report)")
     s.add_argument("--iu", default=None, help="bench parse-reports: the IU (Open-i) ecgen-radiology XML tar.gz")
     s.add_argument("--misses", type=int, default=0, help="bench parse-reports: print this many missed reports a label")
+    s.add_argument("--table", default=None, help="bench segment: lung Dice against this mask table (masks, lungs "
+                   "or chexmask format); trains a U-Net on the table's other patients unless --weights is given")
+    s.add_argument("--weights", default=None, help="bench segment --table: the U-Net to score")
+    s.add_argument("--holdout", type=float, default=0.2, help="bench segment --table: share of patients scored")
+    s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
 
     args = p.parse_args(argv)
     if args.command == "inspect":
@@ -177,11 +187,18 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging()
         return benchmarks.main(args.name, args.checkpoint, args.root, args.config, args.model, args.segmenter,
                                args.manifest, args.images, args.prompts, args.bootstrap, args.out)
+    elif args.command == "qc":
+        from . import qc
+
+        csv_path, png_path, table = qc.run(args.segment_dir, args.out, args.n)
+        print(f"{len(table)} images, {(table['flags'] != '').sum()} flagged "
+              f"({(table['no_lungs']).sum()} without lungs): {csv_path}, {png_path}")
     elif args.command == "bench":
         from . import bench
 
         bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model, gold=args.gold,
-                  reports=args.reports, iu=args.iu, misses=args.misses)
+                  reports=args.reports, iu=args.iu, misses=args.misses, table=args.table, weights=args.weights,
+                  holdout=args.holdout, cfg_path=args.config)
     return 0
 
 

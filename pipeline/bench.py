@@ -183,6 +183,45 @@ def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
             "crop_img_s": counts["images"] / t_crop}
 
 
+def bench_segment_table(table: str, weights: str | None, holdout: float, cfg_path: str | None) -> dict:
+    """Lung Dice of a U-Net on the images of a mask table (any `segment.train` format but boxes). With
+    `weights` every image is scored; without, a U-Net is trained on the table's other patients first (a patient
+    hash puts `holdout` of them aside for scoring and 10 % for early stopping) and only the held-out are scored."""
+    import torch
+
+    from .masks import detect_format
+    from .stages import segment, train_segmenter as ts
+
+    import yaml
+
+    cfg = config.load(overrides=yaml.safe_load(Path(cfg_path).read_text()) if cfg_path else None)
+    seg, norm_cfg = cfg["segment"], cfg["normalize"]
+    fractions = {"train": 0.0, "validate": 0.0, "test": 1.0} if weights else \
+        {"train": 0.9 - holdout, "validate": 0.1, "test": holdout, "seed": cfg["data"]["split"]["seed"]}
+    source = {"format": detect_format(table), "path": table}
+    t0 = time.perf_counter()
+    examples = ts.real_examples([source], ts.Ingested({}, {}, {}, {}), norm_cfg, fractions)
+    res = {"format": source["format"], "prepare_seconds": time.perf_counter() - t0}
+    torch.set_num_threads(2)
+    if weights:
+        model = segment.load_unet(weights, seg)
+        res["train_images"] = 0
+    else:
+        t0 = time.perf_counter()
+        model, metrics = ts.train(examples, {**seg, "augment": seg["augment"]}, threads=2)
+        res.update(train_images=metrics["train_images"], validate_images=len(examples.get("validate", [[]])[0]),
+                   train_seconds=time.perf_counter() - t0, best_epoch=metrics.get("best_epoch"))
+    images, masks, known, _ = examples["test"]
+    pred = segment.clean_lungs(segment.predict(model.eval(), images, seg["input_size"], seg["threshold"]))
+    res["scored_images"] = len(images)
+    for c, name in enumerate(segment.CLASSES[:2]):
+        per_image = [ts.dice(p, t) for p, t in zip(pred[:, c], masks[:, c])]
+        res[f"dice_{name}"] = ts.dice(pred[:, c], masks[:, c])
+        res[f"dice_{name}_per_image_mean"] = float(np.nanmean(per_image))
+        res[f"dice_{name}_per_image_min"] = float(np.nanmin(per_image))
+    return res
+
+
 def bench_pairing(results: str = "results") -> dict:
     """ROI <-> phrase pairing on the workflow's crop and report shards, scored on the synthetic truth."""
     from .pairing import accuracy_on_truth
@@ -197,7 +236,9 @@ def _figures(d: dict) -> str:
 
 
 def run(stage: str, n: int | None = None, size: int | None = None, teacher_model: str | None = None,
-        gold: str | None = None, reports: str | None = None, iu: str | None = None, misses: int = 0) -> dict:
+        gold: str | None = None, reports: str | None = None, iu: str | None = None, misses: int = 0,
+        table: str | None = None, weights: str | None = None, holdout: float = 0.2, cfg_path: str | None = None
+        ) -> dict:
     if stage == "backbones":
         from .bench_backbones import bench_backbones
 
@@ -250,6 +291,15 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         print(f"  baseline (decode + resize + PNG): {res['baseline_img_s']:.2f} images/s")
         print(f"  normalize stage (shard + PNG):    {res['normalize_img_s']:.2f} images/s")
         print(f"  ratio: {res['ratio']:.2f}x (target >= 0.8x)")
+    elif stage == "segment" and table:
+        res = bench_segment_table(table, weights, holdout, cfg_path)
+        what = f"given weights {weights}" if weights else (
+            f"a U-Net trained on {res['train_images']} of its images ({res['validate_images']} more for early stopping, "
+            f"best epoch {res['best_epoch']}, {res['train_seconds']:.0f} s on 2 threads)")
+        print(f"segment on {table} ({res['format']}): {what}; scored on {res['scored_images']} held-out images")
+        for name in ("right_lung", "left_lung"):
+            print(f"  {name}: Dice {res[f'dice_{name}']:.4f} (pooled pixels), per image mean "
+                  f"{res[f'dice_{name}_per_image_mean']:.4f}, min {res[f'dice_{name}_per_image_min']:.4f}")
     elif stage == "segment":
         res = bench_segment()
         print(f"segment: {res['images']} images at {res['size']}px (U-Net at {res['input_size']}px, 2 threads): "

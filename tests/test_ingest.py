@@ -113,3 +113,14 @@ def test_run_writes_table_and_plan(tmp_path):
     assert pd.api.types.is_string_dtype(studies["patient_id"]) and studies["patient_id"].iloc[0] == "10000000"
     assert len(ingest.load_studies(tmp_path / "studies.csv", "00001")) == 4
     assert list(studies.columns) == ingest.COLUMNS + ["shard"]
+
+
+def test_view_values_are_normalised_and_unknown_views_kept(tmp_path):
+    assert [ingest.normalize_view(v) for v in ("AP Supine", "AP_SUPINE", "ap", " PA ", "PA/AP", "", None,
+                                               "Lateral", "AP AXIAL", "LL")] == [
+        "AP", "AP", "AP", "PA", "FRONTAL", "UNKNOWN", "UNKNOWN", "LATERAL", "OTHER", "LL"]
+    table = tmp_path / "images.csv"
+    pd.DataFrame({"image_path": [f"i{i}.png" for i in range(5)], "patient_id": list("abcde"),
+                  "study_id": list("abcde"), "view": ["PA", "AP Supine", "", "PA/AP", "LATERAL"]}).to_csv(table, index=False)
+    df, _ = ingest.ingest(data_cfg(source="csv", root=str(table)))
+    assert sorted(df["view"]) == ["AP", "FRONTAL", "PA", "UNKNOWN"]  # only the lateral filtered out

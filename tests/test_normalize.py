@@ -171,6 +171,53 @@ def test_png_and_jpg_inputs(tmp_path, norm_cfg):
         normalize.read_image(tmp_path / "colour.png", norm_cfg)
 
 
+def _public_copies(tmp_path, grey):
+    """Greyscale films saved the way public collections ship them."""
+    rng = np.random.default_rng(1)
+    rgb = np.repeat(grey[..., None], 3, -1).astype(int) + rng.integers(-2, 3, (*grey.shape, 3))  # chroma noise
+    rgb[10:14, 10:40] = [230, 30, 30]  # a burnt-in red arrow
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(tmp_path / "rgb_420.jpg", quality=85, subsampling=2)
+    rgba = np.concatenate([np.repeat(grey[..., None], 3, -1), np.full((*grey.shape, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    Image.fromarray(grey).convert("P").save(tmp_path / "palette.png")
+    clear = rgba.copy()
+    clear[:20, :20, 3] = 0
+    Image.fromarray(clear, "RGBA").save(tmp_path / "transparent.png")
+    photo = np.stack([grey, np.roll(grey, 7, 1), 255 - grey], -1)
+    Image.fromarray(photo).save(tmp_path / "true_colour.jpg", quality=95)
+    rotated = Image.fromarray(grey)
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # stored rotated: "rotate 90 CW to display"
+    rotated.save(tmp_path / "exif.jpg", exif=exif, quality=95)
+
+
+def test_greyscale_saved_as_rgb_rgba_or_palette_is_kept_and_true_colour_rejected(tmp_path, norm_cfg):
+    grey = radiograph(rows=192, cols=160, bits=8).astype(np.uint8)
+    _public_copies(tmp_path, grey)
+    jpg = normalize.read_image(tmp_path / "rgb_420.jpg", norm_cfg)
+    assert jpg.conversion.startswith("RGB greyscale to L") and jpg.bits_stored == 8
+    assert np.abs(jpg.pixels[20:] * 255 - grey[20:]).mean() < 6  # the film itself, within JPEG loss
+    rgba = normalize.read_image(tmp_path / "rgba.png", norm_cfg)
+    assert rgba.conversion == "opaque alpha dropped; RGBA greyscale to L (max channel difference 0)"
+    np.testing.assert_allclose(rgba.pixels, grey / 255, atol=1e-6)
+    pal = normalize.read_image(tmp_path / "palette.png", norm_cfg)
+    assert pal.conversion.startswith("palette expanded")
+    np.testing.assert_allclose(pal.pixels, grey / 255, atol=1e-6)
+    assert normalize.read_image(tmp_path / "exif.jpg", norm_cfg).pixels.shape == grey.shape[::-1]
+    with pytest.raises(Rejected, match=r"colour image \(RGB, channels differ"):
+        normalize.read_image(tmp_path / "true_colour.jpg", norm_cfg)
+    with pytest.raises(Rejected, match="transparent image"):
+        normalize.read_image(tmp_path / "transparent.png", norm_cfg)
+    # the stage keeps them and records the conversion per image
+    studies = _studies(tmp_path, [tmp_path / n for n in ("rgb_420.jpg", "rgba.png", "true_colour.jpg")])
+    counts = normalize.run(studies, "00000", tmp_path / "shard.h5", None, norm_cfg)
+    assert counts == {"images": 3, "kept": 2, "rejected": 1}
+    with Shard(tmp_path / "shard.h5") as s:
+        assert [c.split(" (")[0] for c in s.table("rejected")["reason"]] == ["colour image"]
+        assert s.row(1)["conversion"].startswith("opaque alpha dropped")
+    assert check(tmp_path / "shard.h5") == []
+
+
 def _studies(tmp_path, paths):
     import pandas as pd
 

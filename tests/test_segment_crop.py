@@ -175,3 +175,62 @@ def test_dice():
     b[1:3] = True
     assert train_segmenter.dice(a, b) == pytest.approx(0.5)
     assert np.isnan(train_segmenter.dice(np.zeros(3, bool), np.zeros(3, bool)))
+
+
+def test_qc_ranks_failed_segmentations_first(tmp_path):
+    from pipeline import qc
+
+    good_r, good_l = lung(rows=(20, 110), cols=(15, 60)), lung(rows=(20, 110), cols=(70, 112))
+    right = np.stack([good_r, np.zeros_like(good_r), good_r])
+    left = np.stack([good_l, np.zeros_like(good_l), lung(rows=(20, 110), cols=(70, 75))])  # tiny left lung
+    norm, seg = _write_inputs(tmp_path, right, left, np.zeros_like(right))
+    (tmp_path / "normalize").mkdir()
+    (tmp_path / "segment").mkdir()
+    norm.rename(tmp_path / "normalize" / "shard-00000.h5")
+    seg.rename(tmp_path / "segment" / "shard-00000.h5")
+    csv_path, png_path, table = qc.run(tmp_path / "segment", n=2)
+    assert table["image_id"].tolist() == ["img1", "img2", "img0"]  # no lungs, then left/right off, then fine
+    assert table["flags"].tolist() == ["no_lungs;small_lungs;left_right", "left_right", ""]
+    assert csv_path.exists() and png_path.stat().st_size > 1000
+
+
+def test_encoder_weights_from_a_local_rgb_state_dict(tmp_path, seg_cfg):
+    donor = segment.smp.Unet(encoder_name=seg_cfg["encoder"], encoder_weights=None, in_channels=3, classes=1)
+    torch.save(donor.encoder.state_dict(), tmp_path / "imagenet.pth")  # as torchvision / timm ship them: RGB
+    model = segment.build_unet(seg_cfg)
+    train_segmenter.load_encoder_weights(model, tmp_path / "imagenet.pth")
+    first = next(k for k, v in model.encoder.state_dict().items() if v.ndim == 4)
+    torch.testing.assert_close(model.encoder.state_dict()[first], donor.encoder.state_dict()[first].sum(1, keepdim=True))
+
+
+def test_augmentation_moves_image_and_masks_together():
+    x = torch.zeros(4, 1, 64, 64)
+    x[:, :, 16:48, 8:28] = 1.0
+    y = torch.cat([x, torch.zeros_like(x), torch.zeros_like(x)], 1)
+    xa, ya = train_segmenter.augment(x, y, torch.Generator().manual_seed(0))
+    assert not torch.equal(ya, y)  # moved
+    inside = xa[ya[:, :1] > 0].mean()
+    outside = xa[(ya[:, :1] == 0)].mean()
+    assert inside > outside + 0.5  # the bright block is still where its mask went
+
+
+def test_segment_train_sources_are_checked_by_the_schema():
+    cfg = config.load(overrides={"segment": {"train": [{"format": "chexmask", "path": "MIMIC-CXR-JPG.csv.gz"}]}})
+    assert cfg["segment"]["train"][0]["format"] == "chexmask"
+    with pytest.raises(config.ConfigError, match="segment.train.0"):
+        config.load(overrides={"segment": {"train": [{"format": "chexmaks", "path": "x.csv"}]}})
+    with pytest.raises(config.ConfigError, match="train_csv"):
+        config.load(overrides={"segment": {"train_csv": "old.csv"}})
+
+
+def test_real_examples_train_with_early_stopping_on_the_validate_lung_dice(seg_cfg):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (4, 64, 64)).astype(np.uint8)
+    masks = np.zeros((4, 3, 64, 64), bool)
+    masks[:, 0, 10:50, 8:28] = masks[:, 1, 10:50, 36:56] = True
+    known, boxed = np.tile([True, True, False], (4, 1)), np.zeros(4, bool)  # lung masks only: no lesion labels
+    cfg = {**seg_cfg, "epochs": 3, "batch_size": 2, "patience": 1}
+    _, metrics = train_segmenter.train({"train": (images, masks, known, boxed),
+                                        "validate": (images[:2], masks[:2], known[:2], boxed[:2])}, cfg)
+    assert 1 <= metrics["best_epoch"] <= 3 and len(metrics["validate_lung_dice"]) >= 2
+    assert np.isnan(metrics["validate"]["dice_lesion"])  # lesions unknown, not scored as absent

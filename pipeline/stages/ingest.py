@@ -31,7 +31,12 @@ log = logging.getLogger("pipeline.ingest")
 COLUMNS = ["image_id", "study_id", "patient_id", "split", "view", "image_path", "report", "sex", "age",
            *OBSERVATIONS]
 SPLITS = ["train", "validate", "test"]
-VIEWS = {"PA": "PA", "AP": "AP", "LATERAL": "LATERAL", "LL": "LL"}
+# Written views as sources spell them -> the view filter's names. Qualifiers of a frontal film (supine,
+# erect, portable) keep its projection; "PA/AP" is frontal with the projection unstated.
+VIEWS = {"PA": "PA", "AP": "AP", "LATERAL": "LATERAL", "LAT": "LATERAL", "LL": "LL", "RL": "LATERAL"}
+FRONTAL_QUALIFIERS = {"SUPINE", "ERECT", "UPRIGHT", "SEMI", "SEMIERECT", "SEMI-ERECT", "PORTABLE", "SITTING", "PORT"}
+UNKNOWN = "UNKNOWN"  # no view information: kept by the view filter (counted in the log)
+FRONTAL = "FRONTAL"  # a frontal film of unstated projection: kept when the filter keeps PA or AP
 
 
 class IngestError(ValueError):
@@ -47,8 +52,16 @@ def _find_table(root: Path, stem: str, required: bool = True) -> Path | None:
     return None
 
 
-def _view(value) -> str:
-    return VIEWS.get(str(value).strip().upper(), "OTHER") if isinstance(value, str) else "OTHER"
+def normalize_view(value) -> str:
+    """"AP Supine", "AP_SUPINE", "ap" -> AP; "PA/AP" -> FRONTAL; blank or missing -> UNKNOWN; else OTHER."""
+    if not isinstance(value, str) or not value.strip():
+        return UNKNOWN
+    words = re.split(r"[\s_]+", value.strip().upper())
+    if len(words) == 1 and "/" in words[0] and set(words[0].split("/")) == {"PA", "AP"}:
+        return FRONTAL
+    if words[0] in VIEWS and (len(words) == 1 or (words[0] in ("PA", "AP") and set(words[1:]) <= FRONTAL_QUALIFIERS)):
+        return VIEWS[words[0]]
+    return "OTHER"
 
 
 def _labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -93,7 +106,7 @@ def read_mimic(root: str | Path) -> pd.DataFrame:
         "study_id": meta["study_id"],
         "patient_id": meta["subject_id"],
         "split": meta["split"].fillna("").astype(str),
-        "view": meta["ViewPosition"].map(_view) if "ViewPosition" in meta else "OTHER",
+        "view": meta["ViewPosition"].map(normalize_view) if "ViewPosition" in meta else UNKNOWN,
         "image_path": [f"{d}/{i}.dcm" for d, i in zip(study_dir, meta["dicom_id"])],
         "report": [reports[d] for d in study_dir],
         "sex": "",
@@ -141,7 +154,7 @@ def read_chexpert(root: str | Path, reports: str = "") -> pd.DataFrame:
         raise IngestError(f"CheXpert Path not in patientN/studyN/view form: {bad}")
     frontal = t.get("Frontal/Lateral", pd.Series("Frontal", index=t.index)).fillna("")
     appa = t.get("AP/PA", pd.Series("", index=t.index))
-    view = np.where(frontal.str.lower() == "lateral", "LATERAL", appa.map(_view))
+    view = np.where(frontal.str.lower() == "lateral", "LATERAL", appa.map(normalize_view))
     out = pd.DataFrame({
         "image_id": m[0] + "_" + m[1] + "_" + m[2],
         "study_id": m[0] + "_" + m[1],
@@ -186,7 +199,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
         "study_id": t["study_id"].astype(str),
         "patient_id": t["patient_id"].astype(str),
         "split": t["split"].fillna("").astype(str) if "split" in t else "",
-        "view": t["view"].map(_view) if "view" in t else "PA",
+        "view": t["view"].map(normalize_view) if "view" in t else UNKNOWN,
         "image_path": [str(Path(p).resolve()) for p in paths],
         "report": t["report"].fillna("").astype(str) if "report" in t else "",
         "sex": t["sex"].fillna("").astype(str) if "sex" in t else "",
@@ -266,14 +279,22 @@ def read_source(data_cfg: dict) -> pd.DataFrame:
     return read_table(data_cfg["root"])
 
 
+def view_kept(views: pd.Series, wanted: list[str]) -> pd.Series:
+    """The view filter: views in `wanted`, unknown views, and unstated frontal ones when PA or AP is wanted."""
+    frontal_wanted = bool({"PA", "AP"} & set(wanted))
+    return views.isin(wanted) | (views == UNKNOWN) | ((views == FRONTAL) & frontal_wanted)
+
+
 def ingest(data_cfg: dict) -> tuple[pd.DataFrame, dict]:
     df = read_source(data_cfg)
     n_all = len(df)
     dup = df["image_id"].duplicated()
     if dup.any():
         raise IngestError(f"image_id not unique, e.g. {df.loc[dup, 'image_id'].iloc[0]}")
-    df = df[df["view"].isin(data_cfg["views"])]
-    log.info("%d images listed, %d kept by the view filter %s", n_all, len(df), data_cfg["views"])
+    df = df[view_kept(df["view"], data_cfg["views"])]
+    log.info("%d images listed, %d kept by the view filter %s (%d of unknown view, %d frontal of unstated "
+             "projection, kept)", n_all, len(df), data_cfg["views"], (df["view"] == UNKNOWN).sum(),
+             (df["view"] == FRONTAL).sum())
     df = assign_splits(df, data_cfg["split"])
     df, plan = plan_shards(df[COLUMNS], data_cfg["shard_size"])
     for split, n in df["split"].value_counts().sort_index().items():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
@@ -50,6 +50,7 @@ class Radiograph:
     bits_stored: int
     pixel_spacing: tuple[float, float]  # (row, col) mm; NaN when unknown
     voi: str  # which branch produced the display values
+    conversion: str = ""  # how a PNG / JPEG became one grey channel (e.g. "RGB greyscale to L"); "" if none
 
 
 # ------------------------------------------------------------------------------------------ reading
@@ -156,25 +157,72 @@ def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((values - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
 
 
+# Greyscale saved as RGB: JPEG's chroma subsampling and rounding leave channel differences of a few levels;
+# a coloured film (or a colour photograph) differs by tens of levels over much of the image.
+GREY_TOLERANCE = 10  # levels of 255 that a channel may differ from the others at a pixel
+GREY_OUTLIERS = 0.02  # fraction of pixels allowed beyond it: burnt-in coloured arrows and labels
+
+
+def greyscale(arr: np.ndarray, mode: str) -> tuple[np.ndarray, str]:
+    """An (H, W, C) RGB / RGBA / LA array that holds a greyscale film -> (H, W) and how it was converted.
+
+    Raises Rejected for true colour or a transparent alpha channel."""
+    conversion = []
+    if arr.shape[-1] in (2, 4):  # LA / RGBA: the alpha must be opaque everywhere
+        alpha, arr = arr[..., -1], arr[..., :-1]
+        peak = np.iinfo(alpha.dtype).max if alpha.dtype.kind in "ui" else 1.0
+        if alpha.min() < peak:
+            raise Rejected(f"transparent image ({mode}, {np.mean(alpha < peak):.1%} of pixels not opaque)")
+        conversion.append("opaque alpha dropped")
+    if arr.shape[-1] == 3:
+        c = arr.astype(np.int32)
+        spread = np.maximum(np.maximum(c[..., 0], c[..., 1]), c[..., 2]) - np.minimum(
+            np.minimum(c[..., 0], c[..., 1]), c[..., 2])
+        tol = GREY_TOLERANCE * (257 if arr.dtype == np.uint16 else 1)
+        beyond = float(np.mean(spread > tol))
+        if beyond > GREY_OUTLIERS:
+            raise Rejected(f"colour image ({mode}, channels differ by more than {GREY_TOLERANCE} levels at "
+                           f"{beyond:.1%} of pixels); expected a greyscale radiograph")
+        grey = c.sum(-1) / 3.0  # channels agree: their mean, rounded, is the grey value
+        conversion.append(f"{mode} greyscale to L (max channel difference {int(spread.max())})")
+        arr = np.rint(grey).astype(arr.dtype)
+    else:
+        arr = arr[..., 0]
+    return arr, "; ".join(conversion)
+
+
 def read_raster(path: str | Path) -> Radiograph:
-    """PNG / JPG input (CheXpert): greyscale kept, colour rejected, 16-bit PNG scaled by its bit depth."""
+    """PNG / JPG input: greyscale kept (also when stored as RGB / RGBA / palette, the conversion recorded),
+    true colour rejected, 16-bit PNG scaled by its bit depth, EXIF orientation applied."""
+    conversion = []
     try:
         with Image.open(path) as im:
             im.load()
+            orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation
+            if orientation not in (1, None):
+                im = ImageOps.exif_transpose(im)
+                conversion.append(f"EXIF orientation {orientation} applied")
             mode = im.mode
+            if mode == "P":  # palette: its colours decide grey or colour
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                conversion.append("palette expanded")
+            elif mode == "CMYK":
+                im = im.convert("RGB")
             arr = np.asarray(im)
     except FileNotFoundError:
         raise Rejected("file not found") from None
     except Exception as e:
         raise Rejected(f"unreadable image file ({type(e).__name__})") from None
     if arr.ndim == 3:
-        rgb = arr[..., :3]
-        if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-            raise Rejected(f"colour image ({mode}); expected a greyscale radiograph")
-        arr = rgb[..., 0]
-    bits = 16 if arr.dtype == np.uint16 or mode.startswith("I") else 8
+        arr, how = greyscale(arr, mode)
+        conversion.append(how)
+    if arr.dtype == np.bool_:
+        arr = arr.astype(np.uint8) * 255
+    bits = 16 if arr.dtype in (np.uint16, np.int32) or mode.startswith("I") else 8
     pixels = arr.astype(np.float64) / (2**bits - 1)
-    return Radiograph(pixels.astype(np.float32), "MONOCHROME2", "", bits, (np.nan, np.nan), "bits")
+    rad = Radiograph(np.clip(pixels, 0, 1).astype(np.float32), "MONOCHROME2", "", bits, (np.nan, np.nan), "bits")
+    rad.conversion = "; ".join(c for c in conversion if c)
+    return rad
 
 
 def read_image(path: str | Path, cfg: dict) -> Radiograph:
@@ -249,7 +297,7 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
     table = load_studies(studies, shard)
     rows: dict[str, list] = {k: [] for k in ("image_id", "study_id", "patient_id", "split", "view", "image",
                                              "transform", "original_size", "pixel_spacing", "photometric",
-                                             "modality", "bits_stored", "voi")}
+                                             "modality", "bits_stored", "voi", "conversion")}
     rejected: dict[str, list] = {"image_id": [], "reason": []}
     if png_dir:
         Path(png_dir).mkdir(parents=True, exist_ok=True)
@@ -265,7 +313,8 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
                            ("split", rec.split), ("view", rec.view), ("image", image), ("transform", transform),
                            ("original_size", rad.pixels.shape), ("pixel_spacing", rad.pixel_spacing),
                            ("photometric", rad.photometric), ("modality", rad.modality),
-                           ("bits_stored", rad.bits_stored), ("voi", rad.voi)):
+                           ("bits_stored", rad.bits_stored), ("voi", rad.voi),
+                           ("conversion", rad.conversion)):
             rows[key].append(value)
         if png_dir:
             Image.fromarray(image).save(Path(png_dir) / f"{rec.image_id}.png")
@@ -278,9 +327,11 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
         w.rows("original_size", np.array(rows["original_size"], dtype=np.int32).reshape(-1, 2))
         w.rows("pixel_spacing", np.array(rows["pixel_spacing"], dtype=np.float32).reshape(-1, 2))
         w.rows("bits_stored", np.array(rows["bits_stored"], dtype=np.int16))
-        for key in ("study_id", "patient_id", "split", "view", "photometric", "modality", "voi"):
+        for key in ("study_id", "patient_id", "split", "view", "photometric", "modality", "voi", "conversion"):
             w.rows(key, rows[key])
         w.table("rejected", **rejected)
     counts = {"images": len(table), "kept": len(rows["image_id"]), "rejected": len(rejected["image_id"])}
-    log.info("shard %s: %d images, %d kept, %d rejected", shard, *counts.values())
+    converted = sum(bool(c) for c in rows["conversion"])
+    log.info("shard %s: %d images, %d kept, %d rejected, %d converted to one grey channel", shard,
+             *counts.values(), converted)
     return counts

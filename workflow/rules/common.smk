@@ -36,10 +36,10 @@ def segmenter_weights(wildcards):
     seg = config["segment"]
     if seg["weights"]:
         return seg["weights"]
-    if config["data"]["source"] != "synthetic" and not seg["train_csv"]:
+    if config["data"]["source"] != "synthetic" and not seg["train"]:
         raise pipeline_config.ConfigError(
             "config key segment: real data has no synthetic masks to train on; set segment.weights "
-            "(a local U-Net file) or segment.train_csv (images with lung masks)"
+            "(a local U-Net file) or segment.train (mask sources: CheXmask, mask tables, both-lungs masks, boxes)"
         )
     return "results/segmenter/unet.pt"
 

@@ -1,7 +1,14 @@
+def mask_sources(wildcards):
+    """segment.train's files: a changed mask table retrains the U-Net."""
+    return [src["path"] for src in config["segment"]["train"]]
+
+
 rule train_segmenter:
     input:
         shards=shard_files("normalize"),
+        studies="results/ingest/studies.csv",
         source=source_input,
+        masks=mask_sources,
     output:
         model="results/segmenter/unet.pt",
         metrics="results/segmenter/metrics.json",
@@ -17,6 +24,7 @@ rule train_segmenter:
     params:
         cfg=stage_config("segment"),
         norm_cfg=stage_config("normalize"),
+        split=config["data"]["split"],
         masks_dir=f"{config['data']['synthetic']['out_dir']}/ground_truth/masks",
         version=stage_version("train_segmenter"),
     script:
