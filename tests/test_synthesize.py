@@ -200,3 +200,25 @@ def test_the_same_seed_draws_the_same_film():
     a = render_frontal(Thorax(np.random.default_rng(3)), np.random.default_rng(4), 128, ["nodule", "pleural_effusion"])
     b = render_frontal(Thorax(np.random.default_rng(3)), np.random.default_rng(4), 128, ["nodule", "pleural_effusion"])
     assert np.array_equal(a.density, b.density) and [f.box for f in a.findings] == [f.box for f in b.findings]
+
+
+def test_montage_compare_shows_real_films_beside_synthetic_ones(tree, tmp_path):
+    from PIL import Image
+
+    from pipeline.montage import montage, real_films
+
+    real = tmp_path / "real"
+    real.mkdir()
+    for i, shape in enumerate([(300, 240), (200, 260)]):  # portrait and landscape films
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, shape, dtype=np.uint8)).save(real / f"r{i}.png")
+    (real / "notes.txt").write_text("not an image")
+    films = real_films(real, 8, 64)
+    assert [name for name, _ in films] == ["r0.png", "r1.png"]
+    assert all(image.shape == (64, 64) and image.dtype == np.uint8 for _, image in films)
+    out = tmp_path / "compare.png"
+    montage(tree, out, n=4, compare=real)
+    assert Image.open(out).size[0] > 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no readable"):
+        montage(tree, tmp_path / "none.png", n=4, compare=empty)
