@@ -194,7 +194,8 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
     for s in (-1, 1):
         sx = cx + s * (tt.body_hw - 0.02)
         d = np.hypot(X - sx, (Y - tt.apex - 0.02) * 1.1)
-        density += 0.14 * _band(d, 0.075, 0.25) + 0.08 * _blur((np.abs(X - sx) < 0.12) & (Y < tt.apex + 0.08), 0.02 / px)
+        shoulder = (np.abs(X - sx) < 0.12) & (Y < tt.apex + 0.08)
+        density += 0.14 * _band(d, 0.075, 0.25) + 0.08 * _blur(shoulder, 0.02 / px)
     # lungs: air replaces tissue, with a partial-volume edge (the lung thins towards its outline)
     lung_depth = _blur(lungs, 0.008 / px) ** 0.7
     density -= 0.2 * lung_depth
@@ -399,7 +400,8 @@ def _draw_finding(rad: Film, kind: str, ctx: dict) -> Finding | None:
                 profile = profile * (1 - 0.6 * np.clip(tubes, 0, 1))
         elif kind in ("nodule", "mass"):
             r = (0.014 + 0.01 * scale) if kind == "nodule" else (0.045 + 0.025 * scale)
-            wobble = 1 + (0.15 if kind == "mass" else 0.03) * np.sin(5 * np.arctan2(Y - cy0, X - cx0) + rng.uniform(0, 6))
+            lobes = np.sin(5 * np.arctan2(Y - cy0, X - cx0) + rng.uniform(0, 6))
+            wobble = 1 + (0.15 if kind == "mass" else 0.03) * lobes
             # a sphere's projected thickness, with a soft rim
             rr = np.hypot(X - cx0, Y - cy0) / (r * wobble)
             core = np.sqrt(np.clip(1 - rr**2, 0, 1))
