@@ -5,6 +5,7 @@
     synthesize -o DIR [--config C]  write the synthetic MIMIC-layout tree outside the workflow
     show SHARD --row N -o PNG       one image with masks, ROI boxes and phrases from every stage
     montage DATA_DIR -o PNG         grid of synthetic radiographs with lung / lesion outlines and impressions
+            [--compare DIR]         ... or beside the real films of DIR at the same size
     parse-reports CSV -o DIR        reports (study_id, report) -> phrases.csv and labels.csv
     train --spec SPEC               one training run (what the rule, or torchrun in each process, starts)
     zeroshot --checkpoint CKPT IMAGE          the 14 observation probabilities of one DICOM / PNG
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("data_dir")
     s.add_argument("-o", "--out", required=True)
     s.add_argument("--n", type=int, default=8)
+    s.add_argument("--compare", help="a folder of real films (DICOM / PNG / JPG) to show beside the synthetic ones")
 
     s = sub.add_parser("parse-reports", help="report CSV (study_id, report) -> phrases.csv, labels.csv")
     s.add_argument("table")
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "montage":
         from .montage import montage
 
-        montage(args.data_dir, args.out, args.n)
+        montage(args.data_dir, args.out, args.n, compare=args.compare)
         print(args.out)
     elif args.command == "parse-reports":
         from . import config

@@ -4,7 +4,7 @@
     <out_dir>/files/pXX/pNNNNNNNN/sNNNNNNNN.txt                the report
     <out_dir>/mimic-cxr-2.0.0-{metadata,chexpert,split}.csv    the tables
     <out_dir>/ground_truth/masks/<dicom_id>.png                bit 1 right lung, bit 2 left lung, bit 4 lesion
-    <out_dir>/ground_truth/findings.csv                        one row per drawn finding, box in pixels
+    <out_dir>/ground_truth/findings.csv                        one row per drawn finding, box in pixels, its CNR
     <out_dir>/ground_truth/phrases.csv                         one row per report phrase with its attributes
 
 The ground truth sits outside `files/` and the MIMIC tables, so the pipeline reads this tree exactly as it
@@ -123,7 +123,7 @@ def make_patient(args: tuple[dict, int, int]) -> dict:
             if "mass" in kinds and "nodule" in kinds:
                 kinds.remove("nodule")
         view = "PA" if rng.random() < 0.7 else "AP"
-        rad = render_frontal(thorax, rng, cfg["image_size"], kinds, inspiration=rng.uniform(0.92, 1.04))
+        rad = render_frontal(thorax, rng, cfg["image_size"], kinds, inspiration=rng.uniform(0.92, 1.04), view=view)
         layout = str(rng.choice(["full", "impression_only", "empty_findings"], p=[0.92, 0.05, 0.03]))
         report, phrases = write_report(rad.findings, rng, sex, view, layout)
         study_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def make_patient(args: tuple[dict, int, int]) -> dict:
             density = r.density if r is not None else render_lateral(thorax, rng, cfg["image_size"])
             spec = _storage(rng, [12, 14, 16], cfg["compressed_fraction"])
             spec.view, spec.identifiers = vp, idents
-            stored = expose(density, rng, spec.bits_stored, spec.photometric)
+            stored = expose(density, rng, spec.bits_stored, spec.photometric, r.noise if r is not None else None)
             _add_voi(spec, stored, rng)
             write_dicom(study_dir / f"{dicom_id}.dcm", stored, spec, uid_prefix=dicom_id)
             rows["metadata"].append({
@@ -164,7 +164,7 @@ def make_patient(args: tuple[dict, int, int]) -> dict:
                                          "finding": f.kind, "laterality": f.laterality, "zone": f.zone,
                                          "size": f.size, "detail": f.detail,
                                          "area": int(f.mask.sum()) if f.kind in LESION_FINDINGS else 0,
-                                         "x0": x0, "y0": y0, "x1": x1, "y1": y1})
+                                         "x0": x0, "y0": y0, "x1": x1, "y1": y1, "cnr": f.cnr})
     return rows
 
 
