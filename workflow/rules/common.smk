@@ -44,6 +44,11 @@ def segmenter_weights(wildcards):
     return "results/segmenter/unet.pt"
 
 
+def mask_sources(wildcards):
+    """segment.train's files: a changed mask table retrains the U-Net."""
+    return [src["path"] for src in config["segment"]["train"]]
+
+
 def teacher_weights(wildcards=None):
     """teacher.weights when it names a file, else a local-dir folder's own weights (fit_teacher is then skipped),
     else the fitted teacher."""

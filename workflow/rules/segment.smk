@@ -1,8 +1,3 @@
-def mask_sources(wildcards):
-    """segment.train's files: a changed mask table retrains the U-Net."""
-    return [src["path"] for src in config["segment"]["train"]]
-
-
 rule train_segmenter:
     input:
         shards=shard_files("normalize"),
