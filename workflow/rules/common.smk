@@ -121,9 +121,21 @@ def evaluated_architectures():
             **{n: b["model"] for n, b in config["evaluate"]["baselines"].items()}}
 
 
+def manifests_folder():
+    """evaluate.manifests, a relative path read against the working directory, else against the repository."""
+    folder = config["evaluate"]["manifests"]
+    if folder and not Path(folder).is_absolute() and not Path(folder).exists():
+        return f"{workflow.basedir}/{folder}"
+    return folder
+
+
+def evaluate_config():
+    return {**config["evaluate"], "manifests": manifests_folder()}
+
+
 def pinned_manifests():
     """The pinned evaluation sets of evaluate.manifests (a change to one reruns evaluate)."""
-    folder = config["evaluate"]["manifests"]
+    folder = manifests_folder()
     return sorted(str(p) for p in Path(folder).glob("*.json")) if folder else []
 
 

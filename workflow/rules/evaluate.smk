@@ -20,7 +20,7 @@ rule evaluate:
     resources:
         **rule_resources("evaluate"),
     params:
-        cfg=stage_config("evaluate"),
+        cfg=evaluate_config(),
         models=evaluated_models(),
         architectures=evaluated_architectures(),
         truth=ground_truth(),
