@@ -175,8 +175,15 @@ def test_one_image_zeroshot_and_ground_from_the_command_line(tiny_run):
     assert out.returncode == 0, out.stderr
     probs = dict(line.rsplit(None, 1) for line in out.stdout.splitlines() if line[:1].isupper())
     assert len(probs) == 14 and all(0 <= float(v) <= 1 for v in probs.values())
+    # a U-Net that finds nothing (its head silenced), so the anatomical prior boxes must stand in
+    import torch
+
+    unet = torch.load(tiny_run / "results/segmenter/unet.pt", weights_only=False)
+    unet["state_dict"]["segmentation_head.0.weight"].zero_()
+    unet["state_dict"]["segmentation_head.0.bias"].fill_(-20.0)
+    torch.save(unet, tiny_run / "blind_unet.pt")
     out = cli("ground", "--checkpoint", "results/train/student/checkpoints/last.pt", str(blank),
-              "small left pleural effusion", "-o", "g.png")
+              "small left pleural effusion", "-o", "g.png", "--segmenter", str(tiny_run / "blind_unet.pt"))
     assert out.returncode == 0, out.stderr
     assert "no lungs found" in out.stdout and "left lower zone" in out.stdout
     assert (tiny_run / "g.png").stat().st_size > 0
@@ -200,8 +207,10 @@ def test_describe_regions_and_ground_a_negation_on_the_tiny_checkpoint(tiny_run)
         return subprocess.run([sys.executable, "-m", "pipeline", *args, "--config", str(TINY)], cwd=tiny_run,
                               capture_output=True, text=True)
 
-    size = 160  # the tiny config's synthetic image size
-    mask = np.zeros((size, size), np.uint8)
+    import pydicom
+
+    header = pydicom.dcmread(dicom, stop_before_pixels=True)
+    mask = np.zeros((header.Rows, header.Columns), np.uint8)  # the mask has the file's size
     mask[40:120, 90:150] = 255
     Image.fromarray(mask).save(tiny_run / "region.png")
     for where in (["--box", "90,40,150,120"], ["--point", "120,80"], ["--mask", str(tiny_run / "region.png")]):
