@@ -37,18 +37,14 @@ def patch_features(model: torch.nn.Module, images: np.ndarray, batch_size: int =
     """(N, grid, grid, D) float32 projected patch tokens (not normalized) of `images` (N, S, S) uint8: the tokens
     models.encode_image_and_rois pools under a box, each put through the projection. Pooling then projecting equals
     projecting then pooling (the projection is linear), so a region pooled from these is the training ROI."""
-    size, device = models.image_size(model), next(model.parameters()).device
-    visual, out = model.visual, []
+    spec, device = models.spec_of(model), next(model.parameters()).device
+    out = []
     for start in range(0, len(images), batch_size):
-        pixels = models.to_model_input(images[start : start + batch_size], size).to(device)
-        visual.output_tokens = True
-        try:
-            _, tokens = visual(pixels)
-        finally:
-            visual.output_tokens = False
+        pixels = models.to_model_input(images[start : start + batch_size], spec).to(device)
+        _, tokens, project = models.vision_tokens(model.visual, pixels)  # open_clip ViT or a timm ViT trunk
         grid = int(round(tokens.shape[1] ** 0.5))
-        out.append((tokens @ visual.proj).float().cpu().reshape(len(pixels), grid, grid, -1))
-    dim = model.text_projection.shape[-1]
+        out.append(project(tokens).float().cpu().reshape(len(pixels), grid, grid, -1))
+    dim = models.embed_dim(model)
     return torch.cat(out).numpy() if out else np.zeros((0, 1, 1, dim), np.float32)
 
 

@@ -251,7 +251,8 @@ def embed_dim(model: torch.nn.Module) -> int:
     return int(model.text_projection.shape[-1])
 
 
-def _spec(model: torch.nn.Module) -> InputSpec:
+def spec_of(model: torch.nn.Module) -> InputSpec:
+    """The input preprocessing a loaded model was made with."""
     return getattr(model, "input_spec", None) or to_spec(image_size(model))
 
 
@@ -264,7 +265,7 @@ def embed_images_and_rois(model: torch.nn.Module, images: np.ndarray, roi_image:
                           batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) image and (R, D) ROI embeddings, float32 L2-normalised, from one pass over `images` (N, S, S) uint8;
     roi_image (R,) index into images, boxes (R, 4) in the images' pixels."""
-    spec, device = _spec(model), next(model.parameters()).device
+    spec, device = spec_of(model), next(model.parameters()).device
     roi_image, boxes = np.asarray(roi_image, np.int64), np.asarray(boxes, np.float32).reshape(-1, 4)
     image_out = roi_out = None
     scale = spec.size / images.shape[-1] if len(images) else 1.0
@@ -286,7 +287,7 @@ def embed_images_and_rois(model: torch.nn.Module, images: np.ndarray, roi_image:
 @torch.no_grad()
 def embed_images(model: torch.nn.Module, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, H, W) uint8 -> (N, D) float32 L2-normalised image embeddings."""
-    spec, device = _spec(model), next(model.parameters()).device
+    spec, device = spec_of(model), next(model.parameters()).device
     out = [model.encode_image(to_model_input(images[i : i + batch_size], spec).to(device), normalize=True).float().cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, embed_dim(model)), np.float32)
