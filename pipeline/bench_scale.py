@@ -35,7 +35,7 @@ def build(workdir: Path, n_studies: int) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "bench.yaml").write_text(yaml.safe_dump(_config(n_studies)))
     cmd = [sys.executable, "-m", "snakemake", "train", "--snakefile", str(ROOT / "Snakefile"), "--directory",
-           str(workdir), "--cores", "2", "--quiet", "all", "--configfile", str(workdir / "bench.yaml")]
+           str(workdir), "--cores", "2", "--quiet", "all", "--rerun-incomplete", "--configfile", str(workdir / "bench.yaml")]
     subprocess.run(cmd, check=True, cwd=workdir, capture_output=True)
 
 
