@@ -614,7 +614,7 @@ def _cell(f: dict | None) -> str:
         return "-"
     if not np.isfinite(f["ci_low"]):
         return f"{f['value']:.3f}"
-    return f"{f['value']:.3f} ({f['ci_low']:.3f}-{f['ci_high']:.3f})"
+    return f"{f['value']:.3f} ({f['ci_low']:.3f} to {f['ci_high']:.3f})"
 
 
 def _seeds_cell(f: dict | None) -> str:
