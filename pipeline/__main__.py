@@ -15,6 +15,7 @@
     benchmark NAME --checkpoint CKPT [--root DIR]   ms_cxr, rsna_pneumonia, nih_bbox, siim_pneumothorax,
                                     chexpert_5x200, mimic_5x200 from their official files
     qc SEGMENT_DIR [-o DIR]         flags per image and a montage of the worst segmentations
+    pin FOLDER [--results DIR]      pin a run's evaluation sets (for evaluate.manifests) without evaluating
     bench normalize|synthesize|parse-reports|segment|pairing|train|backbones|scale   figures on this machine
 """
 
@@ -108,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("-o", "--out", default=None, help="output folder (default: results/qc beside it)")
     s.add_argument("--n", type=int, default=16, help="images in the montage")
 
+    s = sub.add_parser("pin", help="pin the evaluation sets (test images, pairs, ...) of a run's shards in a folder "
+                       "for evaluate.manifests, without evaluating")
+    s.add_argument("folder", help="where the manifests go, e.g. workflow/manifests/my-data")
+    s.add_argument("--results", default="results", help="the run's results folder")
+    s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
+
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train",
                                       "backbones", "scale"])
@@ -197,6 +204,19 @@ def main(argv: list[str] | None = None) -> int:
         csv_path, png_path, table = qc.run(args.segment_dir, args.out, args.n)
         print(f"{len(table)} images, {(table['flags'] != '').sum()} flagged "
               f"({(table['no_lungs']).sum()} without lungs): {csv_path}, {png_path}")
+    elif args.command == "pin":
+        from pathlib import Path
+
+        import yaml
+
+        from . import config
+        from .stages import evaluate
+
+        cfg = config.load(overrides=yaml.safe_load(Path(args.config).read_text()) if args.config else None)
+        synthetic = cfg["data"]["source"] == "synthetic"
+        truth = Path(cfg["data"]["synthetic"]["out_dir"], "ground_truth") if synthetic else None
+        for name, m in evaluate.pin(args.results, args.folder, cfg["evaluate"]["seed"], truth).items():
+            print(f"{name}: {m['n']} entries, sha256 {m['sha256'][:12]}: {m['path']}")
     elif args.command == "bench":
         from . import bench
 

@@ -14,6 +14,7 @@ from conftest import MARKERS, ROOT, TINY, run_snakemake, write_chexpert_tree, wr
 from pipeline.dicom import DicomSpec, write_dicom
 from pipeline.io import sha256_file
 from pipeline.shards import Shard, check
+from pipeline.stages import evaluate
 
 
 def jobs(dry_run_output: str) -> dict[str, int]:
@@ -151,6 +152,10 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
     for name, m in metrics["manifests"].items():
         body = (tiny_run / "results/evaluate/manifests" / f"{name}.json").read_bytes()
         assert hashlib.sha256(body).hexdigest() == m["sha256"]
+    # `pipeline pin` draws the same sets from the shards without evaluating
+    pinned = evaluate.pin(tiny_run / "results", tiny_run / "pinned", metrics["test"]["seed"],
+                          tiny_run / "data/synthetic/ground_truth")
+    assert {k: v["sha256"] for k, v in pinned.items()} == {k: v["sha256"] for k, v in metrics["manifests"].items()}
     report = (tiny_run / "results/evaluate/report.md").read_text()
     assert "| student |" in report and report.index("## Student vs global_only (2 seeds)") < report.index("| student |")
     assert (tiny_run / "results/evaluate/roc.png").stat().st_size > 0

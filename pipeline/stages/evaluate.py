@@ -146,6 +146,16 @@ def write_manifest(path: Path, body: str) -> dict:
             "sha256": hashlib.sha256(body.encode()).hexdigest()}
 
 
+def pin(results: str | Path, folder: str | Path, seed: int, truth_dir: str | Path | None = None) -> dict:
+    """Draw the evaluation sets from a run's normalize, crop and report shards, as `run` does, and write them to
+    `folder` (what `evaluate.manifests` pins) without evaluating a model."""
+    shards = sorted(Path(results, "crop").glob("shard-*.h5"))
+    test = load_test_set([Path(results, "normalize", p.name) for p in shards], shards,
+                         [Path(results, "reports", p.name) for p in shards], truth_dir)
+    _, _, bodies = evaluation_sets(test, seed)
+    return {name: write_manifest(Path(folder, f"{name}.json"), body) for name, body in bodies.items()}
+
+
 def pinned_ids(folder: str | Path, name: str) -> list | None:
     """The ids of a pinned set, or None when the folder holds none for it."""
     path = Path(folder, f"{name}.json")
