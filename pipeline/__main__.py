@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                    "or chexmask format); trains a U-Net on the table's other patients unless --weights is given")
     s.add_argument("--weights", default=None, help="bench segment --table: the U-Net to score")
     s.add_argument("--holdout", type=float, default=0.2, help="bench segment --table: share of patients scored")
+    s.add_argument("--folds", type=int, default=0, help="bench segment --table: K-fold cross-validation by patient "
+                   "(every image scored once by a U-Net trained on the other folds) instead of --holdout")
     s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
 
     args = p.parse_args(argv)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
         bench.run(args.stage, n=args.n, size=args.size, teacher_model=args.teacher_model, gold=args.gold,
                   reports=args.reports, iu=args.iu, misses=args.misses, table=args.table, weights=args.weights,
-                  holdout=args.holdout, cfg_path=args.config)
+                  holdout=args.holdout, cfg_path=args.config, folds=args.folds)
     return 0
 
 

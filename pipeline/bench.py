@@ -183,10 +183,13 @@ def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
             "crop_img_s": counts["images"] / t_crop}
 
 
-def bench_segment_table(table: str, weights: str | None, holdout: float, cfg_path: str | None) -> dict:
+def bench_segment_table(table: str, weights: str | None, holdout: float, cfg_path: str | None, folds: int = 0
+                        ) -> dict:
     """Lung Dice of a U-Net on the images of a mask table (any `segment.train` format but boxes). With
-    `weights` every image is scored; without, a U-Net is trained on the table's other patients first (a patient
-    hash puts `holdout` of them aside for scoring and 10 % for early stopping) and only the held-out are scored."""
+    `weights` every image is scored. Without, a U-Net is trained on the table's other patients first: with
+    `folds` K, patients are hashed into K folds and each fold is scored by a U-Net trained on the other K - 1
+    (every image scored once, by a model that never saw its patient); else a patient hash puts `holdout` of them
+    aside for scoring and 10 % for early stopping. Dice is pooled over every scored image."""
     import torch
 
     from .masks import detect_format
@@ -195,25 +198,39 @@ def bench_segment_table(table: str, weights: str | None, holdout: float, cfg_pat
     import yaml
 
     cfg = config.load(overrides=yaml.safe_load(Path(cfg_path).read_text()) if cfg_path else None)
-    seg, norm_cfg = cfg["segment"], cfg["normalize"]
-    fractions = {"train": 0.0, "validate": 0.0, "test": 1.0} if weights else \
-        {"train": 0.9 - holdout, "validate": 0.1, "test": holdout, "seed": cfg["data"]["split"]["seed"]}
-    source = {"format": detect_format(table), "path": table}
-    t0 = time.perf_counter()
-    examples = ts.real_examples([source], ts.Ingested({}, {}, {}, {}), norm_cfg, fractions)
-    res = {"format": source["format"], "prepare_seconds": time.perf_counter() - t0}
-    torch.set_num_threads(2)
+    seg, norm_cfg, seed = cfg["segment"], cfg["normalize"], cfg["data"]["split"]["seed"]
     if weights:
-        model = segment.load_unet(weights, seg)
-        res["train_images"] = 0
+        plans = [{"train": 0.0, "validate": 0.0, "test": 1.0}]
+    elif folds:
+        plans = [{"folds": folds, "fold": k, "seed": seed} for k in range(folds)]
     else:
+        plans = [{"train": 0.9 - holdout, "validate": 0.1, "test": holdout, "seed": seed}]
+    source = {"format": detect_format(table), "path": table}
+    torch.set_num_threads(2)
+    res = {"format": source["format"], "prepare_seconds": 0.0, "train_seconds": 0.0, "train_images": [],
+           "validate_images": [], "best_epoch": [], "epochs": [], "folds": folds}
+    preds, truths = [], []
+    for fractions in plans:
         t0 = time.perf_counter()
-        model, metrics = ts.train(examples, {**seg, "augment": seg["augment"]}, threads=2)
-        res.update(train_images=metrics["train_images"], validate_images=len(examples.get("validate", [[]])[0]),
-                   train_seconds=time.perf_counter() - t0, best_epoch=metrics.get("best_epoch"))
-    images, masks, known, _ = examples["test"]
-    pred = segment.clean_lungs(segment.predict(model.eval(), images, seg["input_size"], seg["threshold"]))
-    res["scored_images"] = len(images)
+        examples = ts.real_examples([source], ts.Ingested({}, {}, {}, {}), norm_cfg, fractions)
+        res["prepare_seconds"] += time.perf_counter() - t0
+        if "test" not in examples:
+            continue
+        if weights:
+            model = segment.load_unet(weights, seg)
+        else:
+            t0 = time.perf_counter()
+            model, metrics = ts.train(examples, seg, threads=2)
+            res["train_seconds"] += time.perf_counter() - t0
+            res["train_images"].append(metrics["train_images"])
+            res["validate_images"].append(len(examples.get("validate", [[]])[0]))
+            res["best_epoch"].append(metrics.get("best_epoch"))
+            res["epochs"].append(metrics["epochs"])
+        images, masks, known, _ = examples["test"]
+        preds.append(segment.clean_lungs(segment.predict(model.eval(), images, seg["input_size"], seg["threshold"])))
+        truths.append(masks)
+    pred, masks = np.concatenate(preds), np.concatenate(truths)
+    res["scored_images"] = len(pred)
     for c, name in enumerate(segment.CLASSES[:2]):
         per_image = [ts.dice(p, t) for p, t in zip(pred[:, c], masks[:, c])]
         res[f"dice_{name}"] = ts.dice(pred[:, c], masks[:, c])
@@ -237,8 +254,8 @@ def _figures(d: dict) -> str:
 
 def run(stage: str, n: int | None = None, size: int | None = None, teacher_model: str | None = None,
         gold: str | None = None, reports: str | None = None, iu: str | None = None, misses: int = 0,
-        table: str | None = None, weights: str | None = None, holdout: float = 0.2, cfg_path: str | None = None
-        ) -> dict:
+        table: str | None = None, weights: str | None = None, holdout: float = 0.2, cfg_path: str | None = None,
+        folds: int = 0) -> dict:
     if stage == "backbones":
         from .bench_backbones import bench_backbones
 
@@ -292,10 +309,11 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         print(f"  normalize stage (shard + PNG):    {res['normalize_img_s']:.2f} images/s")
         print(f"  ratio: {res['ratio']:.2f}x (target >= 0.8x)")
     elif stage == "segment" and table:
-        res = bench_segment_table(table, weights, holdout, cfg_path)
+        res = bench_segment_table(table, weights, holdout, cfg_path, folds)
         what = f"given weights {weights}" if weights else (
-            f"a U-Net trained on {res['train_images']} of its images ({res['validate_images']} more for early stopping, "
-            f"best epoch {res['best_epoch']}, {res['train_seconds']:.0f} s on 2 threads)")
+            f"{'a U-Net per fold, ' + str(folds) + '-fold cross-validation by patient, ' if folds else 'a U-Net '}"
+            f"trained on {res['train_images']} images ({res['validate_images']} more for early stopping, "
+            f"best epoch {res['best_epoch']} of {res['epochs']}, {res['train_seconds']:.0f} s on 2 threads)")
         print(f"segment on {table} ({res['format']}): {what}; scored on {res['scored_images']} held-out images")
         for name in ("right_lung", "left_lung"):
             print(f"  {name}: Dice {res[f'dice_{name}']:.4f} (pooled pixels), per image mean "

@@ -1,16 +1,19 @@
-"""Training data from the cached shards: stages are joined by image_id, never by row number.
+"""Training and test data from the cached shards: stages are joined by image_id, never by row number.
 
-`load_pairs` (the teacher: images and reports) and `load_region_data` (the student: images, reports, ROI boxes
-paired with finding phrases, their hard negatives, the teacher's ROI and concept embeddings) make the one join of
-the shards. What is small stays in memory (ids, report text, ROI boxes, captions); what grows with the data is read
-on demand: images from the model_inputs shards (already at the model's size, uncompressed) and the teacher's ROI
-embeddings from the embed shards, as `ShardRows` that open their files lazily in each process, so DataLoader
-workers read their own rows and memory stays flat in the number of images. Nothing is decoded from PNG and no
-teacher is run.
+`join_shards` is the one join of a split's shards: `load_pairs` (the teacher: images and reports),
+`load_region_data` (the student: images, reports, ROI boxes paired with finding phrases, their hard negatives, the
+teacher's ROI and concept embeddings) and evaluate.load_test_set are built on it. What is small stays in memory
+(ids, report text, ROI boxes, captions); what grows with the data is read on demand as `ShardRows`: images from
+the model_inputs shards (already at the model's size, uncompressed) or, for evaluation, the normalize shards, ROI
+crops, and the teacher's ROI embeddings from the embed shards. ShardRows open their files lazily in each process,
+so DataLoader workers read their own rows and memory stays flat in the number of images. Nothing is decoded from
+PNG and no teacher is run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +30,18 @@ class ShardRows:
     either. Files open on first read in each process (pipeline.shards.Shard), never in the parent of DataLoader
     workers. A file that cannot be read fails with its name."""
 
-    def __init__(self, paths: list[str | Path], key: str, shard: np.ndarray, row: np.ndarray):
+    def __init__(self, paths: list[str | Path], key: str, shard: np.ndarray, row: np.ndarray,
+                 convert: Callable[[np.ndarray], np.ndarray] | None = None):
+        """convert: applied to each block read (e.g. normalize.as_uint8 for 16-bit normalized images); a module
+        level function, so the rows still pickle to DataLoader workers."""
         self.shards = [Shard(p) for p in paths]
         self.key, self.shard, self.row = key, np.asarray(shard, np.int64), np.asarray(row, np.int64)
+        self.convert = convert
         if len(self.shard) and len(paths):
             ds = self.shards[int(self.shard[0])].f[key]
             self.row_shape, self.dtype = ds.shape[1:], ds.dtype
+            if convert is not None:
+                self.dtype = convert(np.zeros((0, *self.row_shape), ds.dtype)).dtype
             self.shards[int(self.shard[0])].close()
         else:
             self.row_shape, self.dtype = (), np.uint8
@@ -45,7 +54,10 @@ class ShardRows:
         return (len(self), *self.row_shape)
 
     def __getitem__(self, idx) -> np.ndarray:
-        idx = np.atleast_1d(np.asarray(idx, np.int64))
+        """An int gives one row; a slice, a list or an array of ints gives (len, *row shape)."""
+        if isinstance(idx, (int, np.integer)):
+            return self[[idx]][0]
+        idx = np.arange(len(self))[idx] if isinstance(idx, slice) else np.atleast_1d(np.asarray(idx, np.int64))
         out = np.empty((len(idx), *self.row_shape), self.dtype)
         for k in np.unique(self.shard[idx]):
             sel = np.flatnonzero(self.shard[idx] == k)
@@ -53,9 +65,13 @@ class ShardRows:
             unique, inverse = np.unique(rows, return_inverse=True)  # h5py reads increasing rows
             shard = self.shards[int(k)]
             try:
-                block = shard.f[self.key][unique]
+                ds = shard.f[self.key]
+                # a run of consecutive rows (a batch of a shard in order) is one slice read, much faster in h5py
+                block = ds[unique[0] : unique[-1] + 1] if unique[-1] - unique[0] + 1 == len(unique) else ds[unique]
             except (OSError, KeyError, ValueError) as e:
                 raise OSError(f"{shard.path}: cannot read {self.key} rows {unique[:4].tolist()}...: {e}") from e
+            if self.convert is not None:
+                block = self.convert(block)
             out[sel] = block[inverse]
         return out
 
@@ -73,36 +89,87 @@ class ImageReportPairs:
     shard: np.ndarray  # (N,) which shard each pair comes from (the sampler keeps reads near-sequential)
 
 
-def _split_rows(normalized: Shard, reports: Shard, splits: set[str], texts: dict[str, str]) -> list[int]:
-    return [i for i, (image_id, s) in enumerate(zip(normalized.image_ids, decode(normalized.f["split"][()])))
-            if s in splits and texts.get(image_id)]
+ROI_KEYS = ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box"]
 
 
-def _check_inputs(inputs: Shard, ids: list[str], size: int) -> float:
-    """The model_inputs shard holds the same images at `size`; returns its scale (normalized -> input pixels)."""
-    if inputs.image_ids != ids:
-        raise ValueError(f"{inputs.path} and its normalize shard hold different images")
-    if int(inputs.attrs["size"]) != size:
-        raise ValueError(f"{inputs.path} holds {inputs.attrs['size']} px images, the model takes {size} px")
-    return float(inputs.attrs["scale"])
+@dataclass
+class SplitImage:
+    """One image of a split as `join_shards` finds it in every stage's shard."""
+
+    shard: int  # index into the aligned shard lists
+    row: int  # its row in the normalize shard (and the model_inputs, crop and embed shards, which follow it)
+    report_row: int  # its row in the report shard (joined by image_id: that shard has its own order)
+    image_id: str
+    patient_id: str
+    study_id: str
+    report: str  # report_text: never empty
+    rois: dict  # the crop shard's ROIs of this image (ROI_KEYS columns); {} without crop shards
+    phrases: dict  # the report shard's parsed phrases of this image; {} without crop shards
+    roi_start: int  # the row of its first ROI in the crop shard's (and the embed shard's) rois group
+    scale: float  # model_inputs pixels per normalized pixel (1.0 without model_inputs shards)
+
+
+def join_shards(shards: dict, splits: set[str], keep_ids: list[str] | None = None, size: int | None = None,
+                teacher_sha256: str | None = None) -> Iterator[SplitImage]:
+    """The one join of a split's shards by image_id, in data order (shard by shard, normalize rows in order).
+
+    shards: aligned per-shard path lists under "normalized" and "reports", and optionally "inputs"
+    (model_inputs, checked to hold `size` px images), "crops" (ROIs and phrases are read only with these) and
+    "embed" (checked to come from the teacher `teacher_sha256`). The normalize, model_inputs, crop and embed
+    shards must hold the same images in the same rows. Images of other splits, outside `keep_ids` (when given),
+    without a report row or without report text are left out."""
+    wanted = set(keep_ids) if keep_ids is not None else None
+    optional = [k for k in ("inputs", "crops", "embed") if k in shards]
+    for index, paths in enumerate(zip(shards["normalized"], shards["reports"], *(shards[k] for k in optional))):
+        with ExitStack() as stack:
+            n, r, *rest = (stack.enter_context(Shard(p)) for p in paths)
+            other = dict(zip(optional, rest))
+            ids = n.image_ids
+            for s in rest:
+                if s.image_ids != ids:
+                    raise ValueError(f"{s.path} and {n.path} hold different images")
+            scale = 1.0
+            if "inputs" in other:
+                m = other["inputs"]
+                if size is not None and int(m.attrs["size"]) != size:
+                    raise ValueError(f"{m.path} holds {m.attrs['size']} px images, the model takes {size} px")
+                scale = float(m.attrs["scale"])
+            e = other.get("embed")
+            if e is not None and teacher_sha256 is not None and e.attrs["teacher_sha256"] != teacher_sha256:
+                raise ValueError(f"{e.path} was embedded by another teacher (sha256 {teacher_sha256[:12]}...)")
+            report_row = {image_id: j for j, image_id in enumerate(r.image_ids)}
+            split = decode(n.f["split"][()])
+            keep = [i for i, image_id in enumerate(ids) if split[i] in splits and image_id in report_row
+                    and (wanted is None or image_id in wanted)]
+            if not keep:
+                continue
+            patients, studies = decode(n.f["patient_id"][()]), decode(r.f["study_id"][()])
+            fi, full = decode(r.f["findings_impression"][()]), decode(r.f["report"][()])
+            regional = "crops" in other
+            if regional:
+                c = other["crops"]
+                rois, roi_offsets = c.ragged_rows("rois", ROI_KEYS), c.f["rois/offsets"][()]
+                phrases = r.ragged_rows("phrases")
+            for i in keep:
+                j = report_row[ids[i]]
+                text = report_text(fi[j], full[j])
+                if not text:
+                    continue
+                yield SplitImage(index, i, j, ids[i], patients[i], studies[j], text,
+                                 rois[i] if regional else {}, phrases[j] if regional else {},
+                                 int(roi_offsets[i]) if regional else 0, scale)
 
 
 def load_pairs(input_shards: list[str | Path], normalize_shards: list[str | Path], report_shards: list[str | Path],
                splits: set[str], size: int) -> ImageReportPairs:
     """Image <-> report pairs of `splits` (images from the model_inputs shards at `size`, read on demand); images
     without report text are left out."""
-    ids, reports, shard, row = [], [], [], []
-    for k, (ipath, npath, rpath) in enumerate(zip(input_shards, normalize_shards, report_shards)):
-        with Shard(ipath) as m, Shard(npath) as n, Shard(rpath) as r:
-            texts = {image_id: report_text(fi, full) for image_id, fi, full in zip(
-                r.image_ids, decode(r.f["findings_impression"][()]), decode(r.f["report"][()]))}
-            _check_inputs(m, n.image_ids, size)
-            keep = _split_rows(n, r, splits, texts)
-            ids += [n.image_ids[i] for i in keep]
-            reports += [texts[n.image_ids[i]] for i in keep]
-            shard += [k] * len(keep)
-            row += keep
-    return ImageReportPairs(ids, ShardRows(list(input_shards), "image", shard, row), reports, np.array(shard, np.int64))
+    joined = list(join_shards({"inputs": input_shards, "normalized": normalize_shards, "reports": report_shards},
+                              splits, size=size))
+    shard = np.array([x.shard for x in joined], np.int64)
+    return ImageReportPairs([x.image_id for x in joined],
+                            ShardRows(list(input_shards), "image", shard, [x.row for x in joined]),
+                            [x.report for x in joined], shard)
 
 
 @dataclass
@@ -143,13 +210,11 @@ def resize(images: np.ndarray, size: int) -> np.ndarray:
     return x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-PHRASE_KEYS = ["phrase", "phrase_observation", "phrase_negated", "phrase_uncertain", "phrase_laterality", "phrase_zone"]
-
-
 def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str = "own", negatives: int = 4,
                      max_pairs_per_image: int = 4, clear_pairs: int = 0) -> RegionData:
     """The student's training data, joined by image_id from one shard id each of: `inputs` (model_inputs, the
-    images at `size`), `normalized` (the split), `crops`, `reports` and `embed`; plus the `concepts` file.
+    images at `size`), `normalized` (the split), `crops`, `reports` and `embed` (join_shards); plus the `concepts`
+    file.
     clear_pairs: up to this many lung ROIs per image where the report states nothing, each paired with one finding
     the report negates (pairing.clear_captions; rule "clear")."""
     from .pairing import clear_captions, clear_regions, negative_captions, pair_caption, pair_rois, stated_findings
@@ -159,66 +224,39 @@ def load_region_data(shards: dict, splits: set[str], size: int, uncertain: str =
     out: dict[str, list] = {k: [] for k in ("image_id", "shard", "row", "reports", "pair_image", "pair_box",
                                             "pair_text", "pair_negatives", "pair_laterality", "pair_rule", "roi_shard",
                                             "roi_row")}
-    keys = ("inputs", "normalized", "crops", "reports", "embed")
-    for shard_index, paths in enumerate(zip(*(shards[k] for k in keys))):
-        with Shard(paths[0]) as m, Shard(paths[1]) as n, Shard(paths[2]) as c, Shard(paths[3]) as r, \
-                Shard(paths[4]) as e:
-            if e.attrs["teacher_sha256"] != attrs["teacher_sha256"]:
-                raise ValueError(f"{paths[4]} was embedded by another teacher than {shards['concepts']}")
-            ids = n.image_ids
-            if not (ids == c.image_ids == e.image_ids):
-                raise ValueError(f"shards {', '.join(map(str, paths))} hold different images")
-            scale = _check_inputs(m, ids, size)
-            row = {image_id: i for i, image_id in enumerate(r.image_ids)}
-            split = decode(n.f["split"][()])
-            keep = [i for i, image_id in enumerate(ids) if split[i] in splits and image_id in row]
-            if not keep:
-                continue
-            fi, full = decode(r.f["findings_impression"][()]), decode(r.f["report"][()])
-            roi_boxes, roi_offsets = c.f["rois/roi_box"][()], c.f["rois/offsets"][()]
-            all_rois = c.ragged_rows("rois", ["roi_kind", "roi_laterality", "roi_zone", "roi_area"])
-            all_phrases = r.ragged_rows("phrases", PHRASE_KEYS)
-            shard_rois = []  # flat ROI indices of this shard's pairs
-            for i in keep:
-                j = row[ids[i]]
-                text = report_text(fi[j], full[j])
-                if not text:
-                    continue
-                index = len(out["image_id"])
-                out["image_id"].append(ids[i])
-                out["shard"].append(shard_index)
-                out["row"].append(i)
-                out["reports"].append(text)
-                rois, ph = all_rois[i], all_phrases[j]
-                stated, first_roi = stated_findings(ph), int(roi_offsets[i])
-                for pair in pair_rois(rois, ph, uncertain=uncertain)[:max_pairs_per_image]:
-                    p = pair.phrase
-                    unc = bool(ph["phrase_uncertain"][p])
-                    obs, side, zone = ph["phrase_observation"][p], ph["phrase_laterality"][p], ph["phrase_zone"][p]
-                    shard_rois.append(first_roi + pair.roi)
-                    out["pair_image"].append(index)
-                    out["pair_text"].append(pair_caption(ph["phrase"][p], side, unc, uncertain))
-                    out["pair_negatives"].append(negative_captions(ph["phrase"][p], obs, side, zone, unc, uncertain,
-                                                                   negatives, stated))
-                    out["pair_laterality"].append(rois["roi_laterality"][pair.roi])
-                    out["pair_rule"].append(pair.rule)
-                by_lung: dict[int, list] = {}
-                for c in clear_regions(rois, ph):
-                    if rois["roi_kind"][c[0]] == "lung":
-                        by_lung.setdefault(c[0], []).append(c)
-                # one negated finding per clear lung, taken in turn across images for variety
-                for roi, obs, side, zone in [cs[index % len(cs)] for cs in by_lung.values()][:clear_pairs]:
-                    text, negs = clear_captions(obs, side, zone)
-                    shard_rois.append(first_roi + roi)
-                    out["pair_image"].append(index)
-                    out["pair_text"].append(text)
-                    out["pair_negatives"].append(negs)
-                    out["pair_laterality"].append(side)
-                    out["pair_rule"].append("clear")
-            if shard_rois:
-                out["pair_box"] += list(roi_boxes[shard_rois] * scale)
-                out["roi_shard"] += [shard_index] * len(shard_rois)
-                out["roi_row"] += shard_rois
+    for image in join_shards({k: shards[k] for k in ("inputs", "normalized", "crops", "reports", "embed")}, splits,
+                             size=size, teacher_sha256=attrs["teacher_sha256"]):
+        index = len(out["image_id"])
+        out["image_id"].append(image.image_id)
+        out["shard"].append(image.shard)
+        out["row"].append(image.row)
+        out["reports"].append(image.report)
+        rois, ph = image.rois, image.phrases
+        stated = stated_findings(ph)
+        chosen = []  # (ROI of the image, caption, negatives, laterality, rule)
+        for pair in pair_rois(rois, ph, uncertain=uncertain)[:max_pairs_per_image]:
+            p = pair.phrase
+            unc = bool(ph["phrase_uncertain"][p])
+            obs, side, zone = ph["phrase_observation"][p], ph["phrase_laterality"][p], ph["phrase_zone"][p]
+            chosen.append((pair.roi, pair_caption(ph["phrase"][p], side, unc, uncertain),
+                           negative_captions(ph["phrase"][p], obs, side, zone, unc, uncertain, negatives, stated),
+                           rois["roi_laterality"][pair.roi], pair.rule))
+        by_lung: dict[int, list] = {}
+        for c in clear_regions(rois, ph):
+            if rois["roi_kind"][c[0]] == "lung":
+                by_lung.setdefault(c[0], []).append(c)
+        # one negated finding per clear lung, taken in turn across images for variety
+        for roi, obs, side, zone in [cs[index % len(cs)] for cs in by_lung.values()][:clear_pairs]:
+            chosen.append((roi, *clear_captions(obs, side, zone), side, "clear"))
+        for roi, text, negs, side, rule in chosen:
+            out["pair_image"].append(index)
+            out["pair_box"].append(rois["roi_box"][roi] * image.scale)
+            out["pair_text"].append(text)
+            out["pair_negatives"].append(negs)
+            out["pair_laterality"].append(side)
+            out["pair_rule"].append(rule)
+            out["roi_shard"].append(image.shard)
+            out["roi_row"].append(image.roi_start + roi)
     return RegionData(
         out["image_id"], ShardRows(list(shards["inputs"]), "image", out["shard"], out["row"]), out["reports"],
         np.array(out["shard"], np.int64), np.array(out["pair_image"], dtype=np.int64),

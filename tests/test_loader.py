@@ -31,9 +31,11 @@ def write_shards(root, n_shards: int = 3, per_shard: int = 10):
             paths[stage].append(root / stage / name)
         with ShardWriter(paths["normalized"][k], stage="normalize", stage_version=1, config={}, image_id=ids) as w:
             w.rows("split", split)
+            w.rows("patient_id", [f"p{k}{j // 2}" for j in range(per_shard)])
         order = list(reversed(range(per_shard)))
         with ShardWriter(paths["reports"][k], stage="parse_reports", stage_version=1, config={},
                          image_id=[ids[j] for j in order]) as w:
+            w.rows("study_id", [f"{ids[j]}-study" for j in order])
             w.rows("findings_impression", [texts[j] for j in order])
             w.rows("report", [texts[j] for j in order])
         with ShardWriter(paths["inputs"][k], stage="model_inputs", stage_version=1, config={}, image_id=ids,
@@ -106,3 +108,99 @@ def test_a_worker_that_hits_a_damaged_shard_fails_the_run_with_its_name(tmp_path
     with pytest.raises(Exception, match=str(damaged)):
         for _ in loader:
             pass
+
+
+def write_split_shards(root, n_shards: int = 2, per_shard: int = 8, roi_size: int = 16):
+    """Every stage's shards of a small split, as the student and the evaluation read them: normalize (16-bit
+    images), model_inputs, crop (ROIs with their images), reports (another row order, one image without report
+    text, one without a report row), embed and concepts. Returns the paths and the images by id."""
+    rng = np.random.default_rng(1)
+    paths = {k: [] for k in ("normalized", "inputs", "crops", "reports", "embed")}
+    sha, truth = "ab" * 32, {}
+    rois = {"roi_kind": ["lung", "lung", "lesion"], "roi_laterality": ["right", "left", "left"],
+            "roi_zone": ["", "", "lower"], "roi_area": [900.0, 900.0, 40.0]}
+    phrases = {"phrase": ["small left pleural effusion", "no pneumothorax"],
+               "phrase_observation": ["Pleural Effusion", "Pneumothorax"], "phrase_negated": [False, True],
+               "phrase_uncertain": [False, False], "phrase_laterality": ["left", ""], "phrase_zone": ["", ""],
+               "phrase_sentence": ["Small left pleural effusion.", "No pneumothorax."]}
+    for k in range(n_shards):
+        ids = [f"s{k}i{j}" for j in range(per_shard)]
+        full = rng.integers(0, 65535, (per_shard, SIZE, SIZE), dtype=np.uint16)
+        n_rois = [3 if j % 3 else 2 for j in range(per_shard)]  # some images without the lesion
+        crops = rng.integers(0, 255, (sum(n_rois), roi_size, roi_size), dtype=np.uint8)
+        texts = [f"report of {i}" if j != 2 else "" for j, i in enumerate(ids)]
+        with_report = [j for j in range(per_shard) if j != 5][::-1]  # image 5 has no report row
+        name = f"shard-{k:05d}.h5"
+        for stage in paths:
+            (root / stage).mkdir(exist_ok=True)
+            paths[stage].append(root / stage / name)
+        with ShardWriter(paths["normalized"][k], stage="normalize", stage_version=1, config={}, image_id=ids) as w:
+            w.rows("image", full)
+            w.rows("split", ["test" if j % 2 else "train" for j in range(per_shard)])
+            w.rows("patient_id", [f"p{k}{j // 2}" for j in range(per_shard)])
+            w.rows("transform", np.tile([1.0, 1.0, 0.0, 0.0], (per_shard, 1)))
+        with ShardWriter(paths["inputs"][k], stage="model_inputs", stage_version=1, config={}, image_id=ids,
+                         attrs={"size": SIZE, "scale": 1.0}) as w:
+            w.rows("image", (full // 257).astype(np.uint8), compress=False)
+        offsets = np.concatenate([[0], np.cumsum(n_rois)])
+        flat = {key: [v for n in n_rois for v in values[:n]] for key, values in rois.items()}
+        with ShardWriter(paths["crops"][k], stage="crop", stage_version=1, config={}, image_id=ids) as w:
+            w.ragged("rois", offsets, roi_image=crops, roi_box=np.tile([4.0, 4.0, 40.0, 60.0], (len(crops), 1)).astype(
+                np.float32), **flat)
+        with ShardWriter(paths["reports"][k], stage="parse_reports", stage_version=1, config={},
+                         image_id=[ids[j] for j in with_report]) as w:
+            w.rows("study_id", [f"{ids[j]}-study" for j in with_report])
+            w.rows("findings_impression", [texts[j] for j in with_report])
+            w.rows("report", [texts[j] for j in with_report])
+            w.rows("labels_source", rng.choice([-1.0, 0.0, 1.0], (len(with_report), 14)).astype(np.float32))
+            w.ragged("phrases", np.arange(len(with_report) + 1) * 2,
+                     **{key: np.array(v * len(with_report)) for key, v in phrases.items()})
+        with ShardWriter(paths["embed"][k], stage="embed_teacher", stage_version=1, config={}, image_id=ids,
+                         attrs={"teacher_sha256": sha}) as w:
+            w.ragged("rois", offsets, roi_embedding=rng.normal(size=(len(crops), 8)).astype(np.float16))
+        for j, i in enumerate(ids):
+            truth[i] = ((full[j] // 257).astype(np.uint8), crops[offsets[j] : offsets[j + 1]])
+    paths["concepts"] = root / "concepts.h5"
+    with ShardWriter(paths["concepts"], stage="embed_teacher", stage_version=1, config={}, image_id=[],
+                     attrs={"teacher_sha256": sha, "logit_scale": 10.0}) as w:
+        w.table("concepts", prompt=["a", "b"], swap=[1, 0], embedding=np.ones((2, 8), np.float16))
+    return paths, truth
+
+
+def test_student_and_evaluation_join_the_same_images_and_pairs(tmp_path):
+    from pipeline.data import load_region_data
+    from pipeline.stages.evaluate import load_test_set
+
+    paths, _ = write_split_shards(tmp_path)
+    student = load_region_data(paths, {"test"}, SIZE, uncertain="drop", max_pairs_per_image=8)
+    test = load_test_set(paths["normalized"], paths["crops"], paths["reports"])
+    pairs = load_pairs(paths["inputs"], paths["normalized"], paths["reports"], {"test"}, SIZE)
+    # odd rows are test images; image 2 has no report text (and is even), image 5 no report row
+    expected = [f"s{k}i{j}" for k in range(2) for j in (1, 3, 7)]
+    assert student.image_id == test.image_id == pairs.image_id == expected
+    assert student.reports == test.reports == pairs.reports
+    assert test.study_id == [f"{i}-study" for i in expected] and test.patient_id[0] == "p00"
+    # the same ROI <-> phrase pairs (one per image: the left effusion), on the same crop-shard rows
+    assert len(test.pairs) == len(expected)
+    assert [p["image"] for p in test.pairs] == student.pair_image.tolist()
+    assert [p["text"] for p in test.pairs] == student.pair_text
+    rois = [p["roi"] for p in test.pairs]
+    assert np.array_equal(test.roi_crop.shard[rois], student.teacher_roi.shard)
+    assert np.array_equal(test.roi_crop.row[rois], student.teacher_roi.row)
+    kept = load_test_set(paths["normalized"], paths["crops"], paths["reports"], keep_ids=["s1i7", "s0i3", "s0i2"])
+    assert kept.image_id == ["s0i3", "s1i7"]  # data order; s0i2 has no report text
+
+
+def test_the_lazy_test_set_equals_the_eager_arrays(tmp_path):
+    from pipeline.stages.evaluate import load_test_set
+
+    paths, truth = write_split_shards(tmp_path)
+    test = load_test_set(paths["normalized"], paths["crops"], paths["reports"])
+    images = np.stack([truth[i][0] for i in test.image_id])
+    crops = np.concatenate([truth[i][1] for i in test.image_id])
+    assert test.images.shape == images.shape and test.images.dtype == np.uint8  # 16-bit normalize shards
+    assert np.array_equal(test.images[np.arange(len(images))], images)
+    assert np.array_equal(test.images[1:4], images[1:4]) and np.array_equal(test.images[2], images[2])
+    assert np.array_equal(test.images[[4, 0, 4]], images[[4, 0, 4]])
+    assert test.roi_crop.shape == crops.shape and np.array_equal(test.roi_crop[:], crops)
+    assert np.array_equal(test.roi_crop[test.roi_of[3]], np.asarray(truth[test.image_id[3]][1]))

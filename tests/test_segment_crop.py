@@ -20,7 +20,7 @@ def crop_cfg():
 @pytest.fixture
 def seg_cfg():
     cfg = config.load()["segment"]
-    cfg.update(input_size=64, decoder_channels=[16, 16, 8, 8, 8])
+    cfg.update(input_size=64, decoder_channels=[16, 16, 8, 8, 8], min_steps=0)
     return cfg
 
 
@@ -234,3 +234,24 @@ def test_real_examples_train_with_early_stopping_on_the_validate_lung_dice(seg_c
                                         "validate": (images[:2], masks[:2], known[:2], boxed[:2])}, cfg)
     assert 1 <= metrics["best_epoch"] <= 3 and len(metrics["validate_lung_dice"]) >= 2
     assert np.isnan(metrics["validate"]["dice_lesion"])  # lesions unknown, not scored as absent
+
+
+def test_a_small_mask_table_trains_at_least_min_steps(seg_cfg):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (4, 64, 64)).astype(np.uint8)
+    masks = np.zeros((4, 3, 64, 64), bool)
+    masks[:, 0, 10:50, 8:28] = masks[:, 1, 10:50, 36:56] = True
+    cfg = {**seg_cfg, "epochs": 1, "batch_size": 2, "min_steps": 5}  # 2 steps an epoch: 3 epochs
+    _, metrics = train_segmenter.train({"train": (images, masks)}, cfg)
+    assert metrics["epochs"] == 3 and len(metrics["loss"]) == 3
+    _, metrics = train_segmenter.train({"train": (images, masks)}, {**cfg, "epochs": 4})  # epochs already enough
+    assert metrics["epochs"] == 4
+
+
+def test_cross_validation_folds_score_every_patient_once():
+    patients = [f"p{i}" for i in range(200)]
+    folds = [[p for p in patients if train_segmenter._hash_split(p, {"folds": 5, "fold": k, "seed": 3}) == "test"]
+             for k in range(5)]
+    assert sorted(sum(folds, [])) == sorted(patients)  # disjoint and covering
+    assert all(20 <= len(f) <= 60 for f in folds)
+    assert folds[0] != [p for p in patients if train_segmenter._hash_split(p, {"folds": 5, "fold": 0, "seed": 4}) == "test"]

@@ -18,7 +18,7 @@ import torch
 
 from .. import models
 from ..concepts import concept_pool
-from ..data import report_text
+from ..data import ShardRows, report_text
 from ..io import sha256_file, usable_threads
 from ..shards import Shard, ShardWriter, csr_offsets, decode
 from ..versions import STAGE_VERSIONS
@@ -58,7 +58,6 @@ def run(normalized: str | Path, cropped: str | Path, reports: str | Path, weight
         ids = n.image_ids
         if c.image_ids != ids:
             raise ValueError(f"{normalized} and {cropped} hold different images")
-        images = as_uint8(n.f["image"][()])
         roi_boxes, roi_offsets = c.f["rois/roi_box"][()], c.f["rois/offsets"][()]
         row = {image_id: i for i, image_id in enumerate(r.image_ids)}
         missing = [i for i in ids if i not in row]
@@ -70,6 +69,8 @@ def run(normalized: str | Path, cropped: str | Path, reports: str | Path, weight
         per_image = [p_text[p_off[row[i]] : p_off[row[i] + 1]] for i in ids]
     phrases = [p for ps in per_image for p in ps]
     roi_image = np.repeat(np.arange(len(ids)), np.diff(roi_offsets))
+    # read in the embedder's batches, not the whole shard at once
+    images = ShardRows([normalized], "image", np.zeros(len(ids)), np.arange(len(ids)), convert=as_uint8)
     image_emb, roi_emb = models.embed_images_and_rois(model, images, roi_image, roi_boxes)
     emb = {"image": image_emb, "report": models.embed_texts(model, cfg["model"], texts), "roi": roi_emb,
            "phrase": models.embed_texts(model, cfg["model"], phrases)}

@@ -50,7 +50,7 @@ import torch
 
 from .. import models, stats
 from ..config import seed_replicas
-from ..data import report_text
+from ..data import ShardRows, join_shards
 from ..io import atomic_path, usable_threads
 from ..labels import OBSERVATIONS
 from ..pairing import accuracy_on_truth, clear_regions, pair_caption, pair_rois, read_truth, stated_findings
@@ -63,7 +63,6 @@ FIVE = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusi
 POSITIVE = ["{}", "{} is present", "findings consistent with {}"]
 NEGATIVE = ["no {}", "no evidence of {}", "{} is absent"]
 PREFERENCES = ("side", "negated", "uncertain", "other_finding", "converse")
-ROI_KEYS = ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box"]
 
 
 @dataclass
@@ -71,13 +70,13 @@ class TestSet:
     image_id: list[str]
     patient_id: list[str]
     study_id: list[str]
-    images: np.ndarray  # (N, S, S) uint8 normalized
+    images: ShardRows  # (N, S, S) uint8 normalized, read on demand (index with arrays or slices: batches)
     labels: np.ndarray  # (N, 14) the source's labels
     reports: list[str]
     roi_owner: np.ndarray  # (R,) the image of each ROI of all test images
     roi_of: list[np.ndarray]  # per image: its ROI indices
     roi_box: np.ndarray  # (R, 4) normalized pixels
-    roi_crop: np.ndarray  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines)
+    roi_crop: ShardRows  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines), read on demand
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box, stated
     clear: list[dict] = field(default_factory=list)  # image, roi, observation, laterality, zone: nothing stated there
 
@@ -85,64 +84,44 @@ class TestSet:
 def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, split: str = "test",
                   keep_ids: list[str] | None = None) -> TestSet:
     """The test images with their ROIs, ROI <-> phrase pairs and clear regions; `keep_ids` restricts the images to
-    a pinned list (in the data's order)."""
+    a pinned list (in the data's order). Images and ROI crops are read from the shards on demand."""
     box, region = read_truth(truth_dir) if truth_dir else ({}, {})
-    wanted = set(keep_ids) if keep_ids is not None else None
-    out = {k: [] for k in ("image_id", "patient_id", "study_id", "images", "labels", "reports", "roi_owner",
-                           "roi_of", "roi_box", "roi_crop", "pairs", "clear")}
+    joined = list(join_shards({"normalized": normalize_shards, "crops": crop_shards, "reports": report_shards},
+                              {split}, keep_ids))
+    shard, row = [x.shard for x in joined], [x.row for x in joined]
+    every = np.arange(len(joined))
+    labels = ShardRows(list(report_shards), "labels_source", shard, [x.report_row for x in joined])[every]
+    transforms = ShardRows(list(normalize_shards), "transform", shard, row)[every]
+    out = {k: [] for k in ("roi_owner", "roi_of", "roi_box", "roi_shard", "roi_row", "pairs", "clear")}
     n_rois = 0
-    for npath, cpath, rpath in zip(normalize_shards, crop_shards, report_shards):
-        with Shard(npath) as n, Shard(cpath) as c, Shard(rpath) as r:
-            row = {image_id: i for i, image_id in enumerate(r.image_ids)}
-            splits, patients = decode(n.f["split"][()]), decode(n.f["patient_id"][()])
-            fi, full = decode(r.f["findings_impression"][()]), decode(r.f["report"][()])
-            keep = [i for i, s in enumerate(splits) if s == split and n.image_ids[i] in row
-                    and (wanted is None or n.image_ids[i] in wanted)]
-            if not keep:
-                continue
-            images, transforms = as_uint8(n.f["image"][()][keep]), n.f["transform"][()][keep]
-            all_rois, all_phrases = c.ragged_rows("rois", ROI_KEYS), r.ragged_rows("phrases")
-            crops, crop_offsets = c.f["rois/roi_image"], c.f["rois/offsets"][()]
-            studies = decode(r.f["study_id"][()])
-            for k, i in enumerate(keep):
-                image_id, j = n.image_ids[i], row[n.image_ids[i]]
-                text = report_text(fi[j], full[j])
-                if not text:
-                    continue
-                index = len(out["image_id"])
-                rois, ph, study = all_rois[i], all_phrases[j], studies[j]
-                out["image_id"].append(image_id)
-                out["patient_id"].append(patients[i])
-                out["study_id"].append(study)
-                out["images"].append(images[k])
-                out["labels"].append(r.f["labels_source"][j])
-                out["reports"].append(text)
-                out["roi_owner"].append(np.full(len(rois["roi_kind"]), index))
-                out["roi_box"].append(np.asarray(rois["roi_box"], np.float64).reshape(-1, 4))
-                out["roi_crop"].append(crops[crop_offsets[i] : crop_offsets[i + 1]])
-                out["roi_of"].append(np.arange(n_rois, n_rois + len(rois["roi_kind"])))
-                stated = stated_findings(ph)
-                for pair in pair_rois(rois, ph, uncertain="drop"):
-                    p = pair.phrase
-                    key = (study, " ".join(ph["phrase_sentence"][p].split()), ph["phrase_observation"][p])
-                    gt = box.get((image_id, region.get(key, -1)))
-                    side = ph["phrase_laterality"][p]
-                    out["pairs"].append({
-                        "image": index, "roi": n_rois + pair.roi, "text": pair_caption(ph["phrase"][p], side, False, "drop"),
-                        "observation": ph["phrase_observation"][p], "laterality": side,
-                        "zone": ph["phrase_zone"][p], "stated": stated,
-                        "gt_box": None if gt is None else to_normalized(np.array([gt], float), transforms[k])[0].tolist()})
-                out["clear"] += [{"image": index, "roi": n_rois + roi, "observation": o, "laterality": side, "zone": zone}
-                                 for roi, o, side, zone in clear_regions(rois, ph)]
-                n_rois += len(rois["roi_kind"])
-    full = out["images"][0].shape[-1] if out["images"] else 0
-    crop = out["roi_crop"][0].shape[-1] if out["roi_crop"] else 1
-    return TestSet(out["image_id"], out["patient_id"], out["study_id"],
-                   np.stack(out["images"]) if out["images"] else np.zeros((0, full, full), np.uint8),
-                   np.array(out["labels"], np.float32).reshape(-1, 14), out["reports"],
+    for index, x in enumerate(joined):
+        rois, ph = x.rois, x.phrases
+        n = len(rois["roi_kind"])
+        out["roi_owner"].append(np.full(n, index))
+        out["roi_box"].append(np.asarray(rois["roi_box"], np.float64).reshape(-1, 4))
+        out["roi_of"].append(np.arange(n_rois, n_rois + n))
+        out["roi_shard"] += [x.shard] * n
+        out["roi_row"] += range(x.roi_start, x.roi_start + n)
+        stated = stated_findings(ph)
+        for pair in pair_rois(rois, ph, uncertain="drop"):
+            p = pair.phrase
+            key = (x.study_id, " ".join(ph["phrase_sentence"][p].split()), ph["phrase_observation"][p])
+            gt = box.get((x.image_id, region.get(key, -1)))
+            side = ph["phrase_laterality"][p]
+            out["pairs"].append({
+                "image": index, "roi": n_rois + pair.roi, "text": pair_caption(ph["phrase"][p], side, False, "drop"),
+                "observation": ph["phrase_observation"][p], "laterality": side,
+                "zone": ph["phrase_zone"][p], "stated": stated,
+                "gt_box": None if gt is None else to_normalized(np.array([gt], float), transforms[index])[0].tolist()})
+        out["clear"] += [{"image": index, "roi": n_rois + roi, "observation": o, "laterality": side, "zone": zone}
+                         for roi, o, side, zone in clear_regions(rois, ph)]
+        n_rois += n
+    return TestSet([x.image_id for x in joined], [x.patient_id for x in joined], [x.study_id for x in joined],
+                   ShardRows(list(normalize_shards), "image", shard, row, convert=as_uint8),
+                   np.asarray(labels, np.float32).reshape(-1, 14), [x.report for x in joined],
                    np.concatenate(out["roi_owner"]) if out["roi_owner"] else np.zeros(0, np.int64),
                    out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)),
-                   np.concatenate(out["roi_crop"]) if out["roi_crop"] else np.zeros((0, crop, crop), np.uint8),
+                   ShardRows(list(crop_shards), "rois/roi_image", out["roi_shard"], out["roi_row"]),
                    out["pairs"], out["clear"])
 
 

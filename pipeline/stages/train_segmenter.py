@@ -165,6 +165,9 @@ def real_examples(sources: list[dict], ingested: Ingested, norm_cfg: dict, fract
 
 
 def _hash_split(patient: str, fractions: dict) -> str:
+    if "folds" in fractions:  # cross-validation: one fold of the patients is scored, the rest train
+        fold = int(hash_fraction(patient, fractions.get("seed", 0)) * fractions["folds"])
+        return "test" if fold == fractions["fold"] else "train"
     names = ["train", "validate", "test"]
     edges = np.cumsum([fractions[n] for n in names]) / sum(fractions[n] for n in names)
     return names[min(2, int(np.searchsorted(edges, hash_fraction(patient, fractions.get("seed", 0)), side="right")))]
@@ -308,7 +311,9 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
         load_encoder_weights(model, cfg["encoder_weights"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
     steps_per_epoch = max(1, int(np.ceil(len(x) / cfg["batch_size"])))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=cfg["epochs"] * steps_per_epoch)
+    # a small mask table (a few dozen films) needs more passes than a large one: train at least min_steps
+    epochs = max(cfg["epochs"], int(np.ceil(cfg.get("min_steps", 0) / steps_per_epoch)))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=epochs * steps_per_epoch)
     # lesions are small: weight their positive pixels up so the loss does not ignore them
     pos_weight = torch.tensor([1.0, 1.0, cfg["lesion_pos_weight"]]).view(1, 3, 1, 1)
     g = torch.Generator().manual_seed(cfg["seed"])
@@ -316,7 +321,7 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
     patience = cfg.get("patience", 0) if validate is not None else 0
     best = (-1.0, 0, None)  # validate lung Dice, epoch, weights
     t0, history, scores = time.perf_counter(), [], []
-    for epoch in range(cfg["epochs"]):
+    for epoch in range(epochs):
         model.train()
         order = rng.permutation(len(x))
         total = 0.0
@@ -335,7 +340,7 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
             sched.step()
             total += loss.item() * len(idx)
         history.append(total / len(x))
-        line = f"epoch {epoch + 1}/{cfg['epochs']} loss {history[-1]:.4f}"
+        line = f"epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}"
         if patience:
             v = evaluate(model, *validate[:2], cfg, *validate[2:])
             scores.append((v["dice_right_lung"] + v["dice_left_lung"]) / 2)
@@ -348,7 +353,7 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
             break
     if best[2] is not None:
         model.load_state_dict(best[2])
-    metrics = {"train_seconds": time.perf_counter() - t0, "loss": history, "train_images": int(len(x))}
+    metrics = {"train_seconds": time.perf_counter() - t0, "loss": history, "train_images": int(len(x)), "epochs": epochs}
     if scores:
         metrics.update(validate_lung_dice=scores, best_epoch=best[1] + 1)
     if validate is not None:
