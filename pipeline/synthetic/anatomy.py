@@ -201,12 +201,13 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
     density -= 0.12 * lung_depth
     # abdomen below the domes (liver on the right), stomach bubble under the left dome, bowel gas
     abdomen = _blur((Y > diaphragm) & (np.abs(X - cx) < tt.body_hw), 0.004 / px)
-    density += 0.04 * abdomen
+    # below the domes: liver and bowel, as dense as the heart on some films and greyer (more gas) on others
+    density += rng.uniform(-0.03, 0.05) * abdomen
     lf = geo["left"]
     gx, gy = cx + 0.45 * (lf["xo"] - lf["xi"]) + tt.mw, float(geo["base"]) - tt.dome * 0.6 + 0.05
     bubble = _blur(((X - gx) / 0.06) ** 2 + ((Y - gy) / 0.035) ** 2 < 1, 0.005 / px) * (Y > diaphragm)
     density -= 0.08 * bubble
-    for _ in range(6):
+    for _ in range(int(rng.integers(4, 16))):
         bx, by = cx + rng.uniform(-0.3, 0.3), geo["base"] + rng.uniform(0.05, 0.25)
         gas = ((X - bx) / rng.uniform(0.02, 0.05)) ** 2 + ((Y - by) / rng.uniform(0.015, 0.03)) ** 2 < 1
         density -= 0.04 * _blur(gas, 0.004 / px) * (Y > diaphragm + 0.02)
