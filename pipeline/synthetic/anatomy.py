@@ -198,6 +198,11 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
         density += 0.14 * _band(d, 0.075, 0.25) + 0.08 * _blur(shoulder, 0.02 / px)
     # lungs: air replaces tissue, with a partial-volume edge (the lung thins towards its outline)
     lung_depth = _blur(lungs, 0.008 / px) ** 0.7
+    # the lung is thinner (more chest wall and breast in the beam) laterally and towards the bases, so its
+    # periphery reads greyer than its centre; a mask, not a brightness step, marks where it ends
+    reach = np.clip(np.abs(X - cx) / (tt.mw + tt.lung_w), 0, 1)
+    low = np.clip((Y - geo["base"] + 0.25) / 0.25, 0, 1)
+    lung_depth = lung_depth * (1 - rng.uniform(0.2, 0.5) * reach ** 3 - rng.uniform(0.1, 0.35) * low ** 2)
     density -= 0.12 * lung_depth
     # abdomen below the domes (liver on the right), stomach bubble under the left dome, bowel gas
     abdomen = _blur((Y > diaphragm) & (np.abs(X - cx) < tt.body_hw), 0.004 / px)
