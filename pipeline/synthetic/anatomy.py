@@ -180,6 +180,9 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
     hw = 1.1 * ctr * thoracic_w / 2  # the ellipse is clipped by the diaphragm: its widest part shows
     hcx, hcy = cx + 0.3 * hw, geo["base"] - 0.15
     heart = (((X - hcx) / hw) ** 2 + ((Y - hcy) / 0.2) ** 2 <= 1) & (Y < diaphragm + 0.03)
+    # the ground-truth lungs run behind the heart to the domes, as expert lung masks of real films (V7) draw
+    # them; findings are placed in the lung the heart does not cover
+    whole = (right.copy(), left.copy())
     right &= ~heart
     left &= ~heart
     lungs = right | left
@@ -266,7 +269,7 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
             d = np.hypot(X - ex, Y - ey)
             density += 0.35 * ((d < 0.012) & (d > 0.008)) + 0.5 * (d < 0.003)
 
-    rad = Film(density=density.astype(np.float32), right_lung=right, left_lung=left, noise=noise)
+    rad = Film(density=density.astype(np.float32), right_lung=whole[0], left_lung=whole[1], noise=noise)
     zone_bounds = {}
     for side, mask in (("right", right), ("left", left)):
         ys = np.nonzero(mask.any(axis=1))[0]
