@@ -74,6 +74,7 @@ def _storage(rng: np.random.Generator, stored_bits_choice: list[int], compressed
 def _add_voi(spec: DicomSpec, stored: np.ndarray, rng: np.random.Generator) -> None:
     """Window and, for some images, a VOI LUT sequence; sometimes a rescale (modality LUT)."""
     lo, hi = np.percentile(stored, [2, 99.5])
+    lo -= 0.15 * (hi - lo)  # a clinical window keeps the lungs grey: black is left for the air outside the body
     if rng.random() < 0.3:
         spec.rescale = (1.0, -1024.0) if rng.random() < 0.5 else (1.0, 0.0)
     intercept = spec.rescale[1] if spec.rescale else 0.0

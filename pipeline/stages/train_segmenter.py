@@ -218,9 +218,12 @@ def evaluate_shards(segment_shards: list, masks_dir: str | Path, split: str, min
     return dice_figures(np.stack(pred), np.stack(truth), min_lesion_area)
 
 
-def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, opacities: torch.Tensor | None = None
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint image + mask augmentation: one affine per image (rotation, scale, shift, shear) applied to both,
-    then intensity (gamma, contrast, brightness, noise) to the image. No flips: they swap right and left."""
+    airspace opacities, then intensity (gamma, contrast, brightness, noise) to the image. No flips: they swap
+    right and left. `opacities` (n,) bool: the images that may take opacities (default all; not those whose
+    lesion channel holds boxes, where an opacity outside the box would be labelled background)."""
     n = len(x)
 
     def u(lo, hi, *shape):
@@ -235,6 +238,17 @@ def augment(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False) > 0.5).float()
+    # airspace opacities on half the images: smooth patches that whiten the lung but leave its outline (anatomy)
+    # where it was, so a consolidated or oedematous lung is still segmented as lung; strong ones are lesions
+    side = x.shape[-1]
+    field = F.interpolate(torch.randn(n, 1, 6, 6, generator=g), size=(side, side), mode="bicubic", align_corners=False)
+    lungs = F.avg_pool2d(y[:, :2].amax(1, keepdim=True), 5, 1, 2)
+    strength = u(0, 0.5).view(n, 1, 1, 1) * (torch.rand(n, 1, 1, 1, generator=g) < 0.5)
+    if opacities is not None:
+        strength = strength * opacities.view(n, 1, 1, 1)
+    opacity = (field - 0.5).clamp(min=0) * strength * lungs
+    x = x.clamp(0, 1) + opacity * (1 - x.clamp(0, 1))
+    y = torch.cat([y[:, :2], torch.maximum(y[:, 2:], (opacity > 0.15).float())], 1)
     x = x.clamp(0, 1) ** torch.exp(u(-0.4, 0.4)).view(n, 1, 1, 1)
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x - mean) * u(0.75, 1.3).view(n, 1, 1, 1) + mean + u(-0.1, 0.1).view(n, 1, 1, 1)
@@ -329,7 +343,7 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
             idx = torch.from_numpy(order[i : i + cfg["batch_size"]])
             xb, yb = x[idx], y[idx]
             if cfg.get("augment"):
-                xb, yb = augment(xb, yb, g)
+                xb, yb = augment(xb, yb, g, None if boxed is None else ~boxed[idx])
             else:  # brightness / contrast jitter; geometry stays, so sides stay
                 xb = (xb * (1 + 0.2 * (torch.rand(len(xb), 1, 1, 1) - 0.5)) + 0.1 * (torch.rand(len(xb), 1, 1, 1) - 0.5))
             logits = model(xb.clamp(0, 1))
@@ -371,7 +385,7 @@ def save(model: torch.nn.Module, metrics: dict, cfg: dict, out: str | Path, metr
 def run(shards: list[str], masks_dir: str, out: str | Path, metrics_out: str | Path, cfg: dict,
         norm_cfg: dict, threads: int = 1, studies: str | Path | None = None, fractions: dict | None = None) -> dict:
     """Train on `segment.train` sources joined to the ingested images, else on the synthetic ground truth
-    (which trains as it always has: no augmentation, no early stopping)."""
+    (with the same augmentation, without early stopping: its validate split is a few dozen images)."""
     if cfg["train"]:
         examples = real_examples(cfg["train"], ingested_images(shards, studies), norm_cfg,
                                  fractions or {"train": 0.9, "validate": 0.1, "test": 0.0})
@@ -380,7 +394,7 @@ def run(shards: list[str], masks_dir: str, out: str | Path, metrics_out: str | P
             log.info("%d mask images of test-split patients left out of training", len(held[0]))
     else:
         examples = synthetic_examples(shards, masks_dir)
-        cfg = {**cfg, "augment": False, "patience": 0}
+        cfg = {**cfg, "patience": 0}
     if "train" not in examples:
         raise ValueError("no training images with ground-truth masks found")
     log.info("training on %d images, validating on %d", len(examples["train"][0]),

@@ -178,8 +178,11 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
     thoracic_w = 2 * (tt.mw + tt.lung_w)
     ctr = (big_ctr if cardiomegaly else tt.ctr) * (1.08 if ap else 1.0)
     hw = 1.1 * ctr * thoracic_w / 2  # the ellipse is clipped by the diaphragm: its widest part shows
-    hcx, hcy = cx + 0.3 * hw, geo["base"] - 0.13
-    heart = (((X - hcx) / hw) ** 2 + ((Y - hcy) / 0.17) ** 2 <= 1) & (Y < diaphragm + 0.03)
+    hcx, hcy = cx + 0.3 * hw, geo["base"] - 0.15
+    heart = (((X - hcx) / hw) ** 2 + ((Y - hcy) / 0.2) ** 2 <= 1) & (Y < diaphragm + 0.03)
+    # the ground-truth lungs run behind the heart to the domes, as expert lung masks of real films (V7) draw
+    # them; findings are placed in the lung the heart does not cover
+    whole = (right.copy(), left.copy())
     right &= ~heart
     left &= ~heart
     lungs = right | left
@@ -198,18 +201,24 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
         density += 0.14 * _band(d, 0.075, 0.25) + 0.08 * _blur(shoulder, 0.02 / px)
     # lungs: air replaces tissue, with a partial-volume edge (the lung thins towards its outline)
     lung_depth = _blur(lungs, 0.008 / px) ** 0.7
-    density -= 0.2 * lung_depth
+    # the lung is thinner (more chest wall and breast in the beam) laterally and towards the bases, so its
+    # periphery reads greyer than its centre; a mask, not a brightness step, marks where it ends
+    reach = np.clip(np.abs(X - cx) / (tt.mw + tt.lung_w), 0, 1)
+    low = np.clip((Y - geo["base"] + 0.25) / 0.25, 0, 1)
+    lung_depth = lung_depth * (1 - rng.uniform(0.2, 0.5) * reach ** 3 - rng.uniform(0.1, 0.35) * low ** 2)
+    density -= 0.12 * lung_depth
     # abdomen below the domes (liver on the right), stomach bubble under the left dome, bowel gas
     abdomen = _blur((Y > diaphragm) & (np.abs(X - cx) < tt.body_hw), 0.004 / px)
-    density += 0.08 * abdomen
+    # below the domes: liver and bowel, as dense as the heart on some films and greyer (more gas) on others
+    density += rng.uniform(-0.03, 0.05) * abdomen
     lf = geo["left"]
     gx, gy = cx + 0.45 * (lf["xo"] - lf["xi"]) + tt.mw, float(geo["base"]) - tt.dome * 0.6 + 0.05
     bubble = _blur(((X - gx) / 0.06) ** 2 + ((Y - gy) / 0.035) ** 2 < 1, 0.005 / px) * (Y > diaphragm)
-    density -= 0.12 * bubble
-    for _ in range(6):
+    density -= 0.08 * bubble
+    for _ in range(int(rng.integers(4, 16))):
         bx, by = cx + rng.uniform(-0.3, 0.3), geo["base"] + rng.uniform(0.05, 0.25)
         gas = ((X - bx) / rng.uniform(0.02, 0.05)) ** 2 + ((Y - by) / rng.uniform(0.015, 0.03)) ** 2 < 1
-        density -= 0.07 * _blur(gas, 0.004 / px) * (Y > diaphragm + 0.02)
+        density -= 0.04 * _blur(gas, 0.004 / px) * (Y > diaphragm + 0.02)
     # breasts: soft-tissue shadows over the lower lung fields with a curved lower edge
     if tt.breasts:
         for s in (-1, 1):
@@ -218,17 +227,18 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
             density += 0.07 * _blur(shadow & (Y > by - 0.12), 0.01 / px)
     # mediastinum and heart overlap the lungs' medial parts; trachea is a dark midline column
     mediastinum = (np.abs(X - cx) < tt.mw * (0.75 + 0.25 * (Y > 0.3))) & (Y < diaphragm)
-    density += 0.09 * _blur(mediastinum, 0.006 / px) + 0.1 * _blur(heart, 0.005 / px)
+    # the heart is soft tissue like the mediastinum: its outline, not its brightness, stands out
+    density += 0.07 * _blur(mediastinum, 0.006 / px) + 0.025 * _blur(heart, 0.006 / px)
     density -= 0.05 * _blur((np.abs(X - cx) < 0.014) & (Y < 0.36), 0.003 / px)
     # hila and vascular markings, dense centrally and fading out
     hila = [(cx - tt.mw - 0.02, 0.42, -1), (cx + tt.mw + 0.02, 0.4, 1)]
     vessels = _vessels(tex_rng, (rows, cols), px, hila, 0.9 * tt.lung_w)
     hilum = sum(np.exp(-(((X - hx) / 0.035) ** 2 + ((Y - hy) / 0.06) ** 2)) for hx, hy, _ in hila)
-    markings = np.clip(vessels, 0, 1.5) * 0.06 + 0.06 * hilum
+    markings = np.clip(vessels, 0, 1.5) * 0.08 + 0.06 * hilum
     density += markings * lung_depth
     # spine: vertebral bodies behind the mediastinum
     spine = _band(np.abs(X - cx), 0.035, 0.4) * (0.7 + 0.3 * (np.cos(2 * np.pi * Y / 0.05) > -0.6))
-    density += 0.04 * _blur(spine, 1.0)
+    density += 0.025 * _blur(spine, 1.0)
     # ribs: posterior arcs from the spine (dense, with cortical rims), anterior arcs fainter and lower
     ribs = np.zeros_like(density)
     span = geo["base"] - tt.apex + 0.06
@@ -243,7 +253,7 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
             ribs += _band(np.abs(Y - centre), width / 2) * side
             ant = y0 + 0.12 + 0.5 * np.clip(tt.mw + tt.lung_w - dx, 0, None) - 0.02 * k
             ribs += 0.45 * _band(np.abs(Y - ant), width * 0.45) * side * (dx > tt.mw + 0.05)
-    density += 0.11 * _blur(np.clip(ribs, 0, 1.3), 0.7) * (Y < diaphragm + 0.05)
+    density += 0.045 * _blur(np.clip(ribs, 0, 1.3), 0.7) * (Y < diaphragm + 0.05)
     # clavicles (higher on an AP film) and scapulae over the upper lateral lung fields
     cl_y = 0.1 + (tt.apex - 0.08) - (0.03 if ap else 0.0)
     for s in (-1, 1):
@@ -259,7 +269,7 @@ def render_frontal(t: Thorax, rng: np.random.Generator, rows: int, finding_kinds
             d = np.hypot(X - ex, Y - ey)
             density += 0.35 * ((d < 0.012) & (d > 0.008)) + 0.5 * (d < 0.003)
 
-    rad = Film(density=density.astype(np.float32), right_lung=right, left_lung=left, noise=noise)
+    rad = Film(density=density.astype(np.float32), right_lung=whole[0], left_lung=whole[1], noise=noise)
     zone_bounds = {}
     for side, mask in (("right", right), ("left", left)):
         ys = np.nonzero(mask.any(axis=1))[0]
@@ -472,7 +482,7 @@ MARKERS = ("L", "R", "PORTABLE", "AP", "UPRIGHT", "SUPINE")
 def _burn_in(img: np.ndarray, rng: np.random.Generator, value: float) -> np.ndarray:
     """Burnt-in annotations: a side marker in an upper corner and sometimes a line of text."""
     rows, cols = img.shape
-    canvas = Image.new("L", (cols // 4, rows // 4), 0)
+    canvas = Image.new("L", (cols // 2, rows // 2), 0)  # markers a few percent of the film, as on real ones
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     letter = "L" if rng.random() < 0.85 else "R"
@@ -497,6 +507,9 @@ def expose(density: np.ndarray, rng: np.random.Generator, bits: int, photometric
     wide = ndimage.uniform_filter(ndimage.uniform_filter(img, rows // 8), rows // 8)
     img = img * (1 - (s := rng.uniform(0.05, 0.25))) + s * wide
     img = img * (1 + rng.uniform(-0.05, 0.05) * np.linspace(-1, 1, rows, dtype=np.float32)[:, None])
+    # the detector's image processing compresses large-scale contrast (unsharp masking with a wide kernel, as
+    # multi-scale processing does), so lungs read grey, not black, and mediastinum and abdomen do not glare
+    img = img - rng.uniform(0.3, 0.6) * (ndimage.gaussian_filter(img, rows / 16) - img.mean())
     img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.03, 0.03)
     sigma = float(rng.uniform(0.006, 0.02)) if noise is None else noise
     grain = ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 0.6)
