@@ -169,7 +169,9 @@ def test_stage_shard_on_synthetic_reports(tmp_path, cfg):
     # synthetic labels come from the writer's ground-truth phrases; the parser reads the MIMIC-style wording back
     assert counts["label_agreement"] >= 0.98
     with Shard(tmp_path / "reports.h5") as s:
-        row = s.row(0)
-        assert set(row) >= {"labels", "labels_source", "phrases", "label_prompts", "findings_impression"}
-        assert row["phrases"]["phrase_observation"] and row["status"] == "ok"
+        rows = [s.row(i) for i in range(len(s.image_ids))]
+        assert set(rows[0]) >= {"labels", "labels_source", "phrases", "label_prompts", "findings_impression"}
+        assert all(r["status"] == "ok" for r in rows)
+        # some studies are normal (no finding phrases); most are not
+        assert sum(bool(r["phrases"]["phrase_observation"]) for r in rows) > len(rows) / 2
         assert list(s.attrs["observations"]) == OBSERVATIONS
