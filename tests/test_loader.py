@@ -1,6 +1,8 @@
 """The streaming loader: examples equal a reference join, exact mid-epoch resume, disjoint ranks, and a damaged
 shard that fails the run with its name."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,13 @@ from pipeline.trainer import GlobalBatches, StepBatches, batch_indices, epoch_or
 
 SIZE = 96
 
+
+
+def _add_shard(root: Path, paths: dict, k: int) -> None:
+    """Append shard k's file path under each stage folder of `paths` (creating the folders)."""
+    for stage in paths:
+        (root / stage).mkdir(exist_ok=True)
+        paths[stage].append(root / stage / f"shard-{k:05d}.h5")
 
 def write_shards(root, n_shards: int = 3, per_shard: int = 10):
     """normalize (split), reports (text) and model_inputs (images) shards, the report shard in another row order."""
@@ -25,10 +34,7 @@ def write_shards(root, n_shards: int = 3, per_shard: int = 10):
         texts = [f"report of {i}" if j != 3 else "" for j, i in enumerate(ids)]  # one image has no report text
         for i, img, s, t in zip(ids, images, split, texts):
             truth[i] = (img, s, t)
-        name = f"shard-{k:05d}.h5"
-        for stage in paths:
-            (root / stage).mkdir(exist_ok=True)
-            paths[stage].append(root / stage / name)
+        _add_shard(root, paths, k)
         with ShardWriter(paths["normalized"][k], stage="normalize", stage_version=1, config={}, image_id=ids) as w:
             w.rows("split", split)
             w.rows("patient_id", [f"p{k}{j // 2}" for j in range(per_shard)])
@@ -130,10 +136,7 @@ def write_split_shards(root, n_shards: int = 2, per_shard: int = 8, roi_size: in
         crops = rng.integers(0, 255, (sum(n_rois), roi_size, roi_size), dtype=np.uint8)
         texts = [f"report of {i}" if j != 2 else "" for j, i in enumerate(ids)]
         with_report = [j for j in range(per_shard) if j != 5][::-1]  # image 5 has no report row
-        name = f"shard-{k:05d}.h5"
-        for stage in paths:
-            (root / stage).mkdir(exist_ok=True)
-            paths[stage].append(root / stage / name)
+        _add_shard(root, paths, k)
         with ShardWriter(paths["normalized"][k], stage="normalize", stage_version=1, config={}, image_id=ids) as w:
             w.rows("image", full)
             w.rows("split", ["test" if j % 2 else "train" for j in range(per_shard)])
