@@ -9,7 +9,9 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline import stats
 from pipeline.pairing import clear_regions
-from pipeline.stages.evaluate import ManifestMismatch, alternatives, check_pinned, manifest_body, pinned_ids, top1_unique
+from pipeline.stages.evaluate import (ManifestMismatch, alternatives, check_pinned, clear_entries, follow_pinned,
+                                      manifest_body, pair_entries, pinned_ids, top1_unique)
+from pipeline.stages.evaluate import TestSet as Split  # not a pytest class
 from pipeline.trainer import caption_groups
 
 
@@ -119,6 +121,56 @@ def test_a_pinned_manifest_that_no_longer_matches_stops_with_a_message(tmp_path)
     with pytest.raises(ManifestMismatch, match=r"no longer matches the data .*1 pinned entries missing, e.g. \['img3'\]"):
         check_pinned(tmp_path, "test_images", changed)
     assert json.loads(changed)["ids"][-1] == "img4"
+
+
+def crops_of_one_unet(lesion_boxes: list, gt=(9.0, 9.0, 21.0, 21.0)) -> Split:
+    """One test image as a U-Net's crops saw it: image, right lung, right lower zone, then its lesions; a nodule
+    phrase on the first lesion (with a ground-truth box), an effusion phrase on the right lung, one clear region."""
+    names = ["image", "right lung", "right lower zone"] + ["lesion"] * len(lesion_boxes)
+    boxes = np.array([[0, 0, 64, 64], [2, 2, 30, 60], [2, 40, 30, 60]] + lesion_boxes, float)
+    nodule = 3 + len(lesion_boxes) - 1  # the U-Net's lesion rows come in the order it found them: the last one here
+    pairs = [{"image": 0, "roi": nodule, "text": "right lower lobe nodule", "gt_box": list(gt)},
+             {"image": 0, "roi": 1, "text": "small right pleural effusion", "gt_box": None}]
+    clear = [{"image": 0, "roi": 2, "observation": "Pneumothorax", "laterality": "right", "zone": "lower"}]
+    return Split(["img-a"], ["pat-a"], ["study-a"], None, np.zeros((1, 14)), ["report"], np.zeros(len(names), int),
+                   [np.arange(len(names))], boxes, None, names, pairs, clear)
+
+
+def pin_sets(folder, test: Split) -> None:
+    grounding = [[test.image_id[p["image"]], p["text"], p["gt_box"]] for p in test.pairs if p["gt_box"] is not None]
+    for name, ids in (("region_pairs", pair_entries(test)), ("clear_regions", clear_entries(test)),
+                      ("grounding", grounding)):
+        (folder / f"{name}.json").write_text(manifest_body(ids, None, name))
+
+
+def test_pinned_rois_are_found_by_name_and_lesions_by_overlap_whatever_their_row(tmp_path):
+    pin_sets(tmp_path, crops_of_one_unet([[10, 10, 20, 20]]))
+    assert json.loads((tmp_path / "region_pairs.json").read_text())["ids"][0] == [
+        "img-a", "lesion", [10.0, 10.0, 20.0, 20.0], "right lower lobe nodule"]
+    # another U-Net: one more lesion found first (every row moves), the nodule's box a pixel off
+    other = crops_of_one_unet([[40, 40, 50, 50], [11, 10, 21, 20]])
+    found = follow_pinned(tmp_path, other)
+    assert found == {"region_pairs": {"pinned": 2, "found": 2}, "grounding": {"pinned": 1, "found": 1},
+                     "clear_regions": {"pinned": 1, "found": 1}}
+    assert [p["roi"] for p in other.pairs] == [4, 1]
+    # a U-Net that misses the nodule (its lesion lies elsewhere): the pair is not found, the run goes on
+    missed = crops_of_one_unet([[40, 40, 50, 50]])
+    assert follow_pinned(tmp_path, missed)["region_pairs"] == {"pinned": 2, "found": 1}
+    assert [p["text"] for p in missed.pairs] == ["small right pleural effusion"]
+
+
+def test_pinned_sets_stop_when_the_ground_truth_or_the_images_differ(tmp_path):
+    pin_sets(tmp_path, crops_of_one_unet([[10, 10, 20, 20]]))
+    with pytest.raises(ManifestMismatch, match="ground truth of 1 pinned grounding case"):
+        follow_pinned(tmp_path, crops_of_one_unet([[10, 10, 20, 20]], gt=(30.0, 9.0, 41.0, 21.0)))
+    other = crops_of_one_unet([[10, 10, 20, 20]])
+    other.image_id = ["img-b"]
+    with pytest.raises(ManifestMismatch, match="not test images of the data"):
+        follow_pinned(tmp_path, other)
+    # the older format named an ROI by its row in the crop shard: it asks to pin again
+    (tmp_path / "region_pairs.json").write_text(manifest_body([["img-a", 3, "right lower lobe nodule"]], None, "old"))
+    with pytest.raises(ManifestMismatch, match="pin the sets again"):
+        follow_pinned(tmp_path, crops_of_one_unet([[10, 10, 20, 20]]))
 
 
 def test_caption_groups_mark_duplicates_after_normalisation():

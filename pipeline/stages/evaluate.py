@@ -31,10 +31,13 @@ tokenizer and preprocessing, models.create), and `<run>/crop` for the crop basel
 holds every run's figures, the mean and spread of student and control over seeds, and paired differences
 (student - control pooled over seeds; student - each ablation) on the same patient resamples.
 
-Every evaluation set is a manifest (ids, seed, SHA-256) under results/evaluate/manifests/; with evaluate.manifests
-naming a folder of pinned manifests, the run uses exactly those and stops when the data no longer match them.
-Evaluation also stops when a test patient is a training patient. Checkpoints are the runs' final ones: nothing is
-chosen on the test set.
+Every evaluation set is a manifest (ids, seed, SHA-256) under results/evaluate/manifests/. With evaluate.manifests
+naming a folder of pinned manifests, the sets fixed by the data alone (test images, the 5x200 subset, retrieval
+studies, ground-truth boxes) must match exactly, else the run stops; the sets whose ROIs come from the trained U-Net
+(region pairs, clear regions) keep the pinned entries found again (lungs and zones by name, lesions by box overlap)
+and report how many were found: a U-Net retrained on another CPU finds slightly different lesions.
+Evaluation also stops when a test patient is a training patient. Each run's `model.pt` was chosen by the trainer on
+the validate split: nothing is chosen on the test set.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ class TestSet:
     roi_of: list[np.ndarray]  # per image: its ROI indices
     roi_box: np.ndarray  # (R, 4) normalized pixels
     roi_crop: ShardRows  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines), read on demand
+    roi_name: list[str] = field(default_factory=list)  # (R,) "image", "right lung", "left lower zone", "lesion"
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box, stated
     clear: list[dict] = field(default_factory=list)  # image, roi, observation, laterality, zone: nothing stated there
 
@@ -92,7 +96,7 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
     every = np.arange(len(joined))
     labels = ShardRows(list(report_shards), "labels_source", shard, [x.report_row for x in joined])[every]
     transforms = ShardRows(list(normalize_shards), "transform", shard, row)[every]
-    out = {k: [] for k in ("roi_owner", "roi_of", "roi_box", "roi_shard", "roi_row", "pairs", "clear")}
+    out = {k: [] for k in ("roi_owner", "roi_of", "roi_box", "roi_shard", "roi_row", "roi_name", "pairs", "clear")}
     n_rois = 0
     for index, x in enumerate(joined):
         rois, ph = x.rois, x.phrases
@@ -102,6 +106,8 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
         out["roi_of"].append(np.arange(n_rois, n_rois + n))
         out["roi_shard"] += [x.shard] * n
         out["roi_row"] += range(x.roi_start, x.roi_start + n)
+        out["roi_name"] += [roi_name(k, side, zone) for k, side, zone in
+                            zip(rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"])]
         stated = stated_findings(ph)
         for pair in pair_rois(rois, ph, uncertain="drop"):
             p = pair.phrase
@@ -122,7 +128,12 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
                    np.concatenate(out["roi_owner"]) if out["roi_owner"] else np.zeros(0, np.int64),
                    out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)),
                    ShardRows(list(crop_shards), "rois/roi_image", out["roi_shard"], out["roi_row"]),
-                   out["pairs"], out["clear"])
+                   out["roi_name"], out["pairs"], out["clear"])
+
+
+def roi_name(kind: str, side: str, zone: str) -> str:
+    """An ROI in words: "image", "right lung", "left lower zone", "lesion" (a lesion is told apart by its box)."""
+    return {"lung": f"{side} lung", "zone": f"{side} {zone} zone"}.get(kind, kind)
 
 
 # ------------------------------------------------------------------------------------------ manifests
@@ -163,7 +174,8 @@ def pinned_ids(folder: str | Path, name: str) -> list | None:
 
 
 def check_pinned(folder: str | Path, name: str, body: str) -> None:
-    """Stop when the set drawn from the data differs from the pinned one, saying how."""
+    """Stop when the set drawn from the data differs from the pinned one, saying how. For the sets whose every
+    entry is fixed by the data alone (image ids, parsed labels, the seed)."""
     path = Path(folder, f"{name}.json")
     if not folder or not path.exists():
         return
@@ -177,8 +189,102 @@ def check_pinned(folder: str | Path, name: str, body: str) -> None:
         f"evaluate.manifests: the pinned set {path} no longer matches the data (sha256 "
         f"{hashlib.sha256(pinned.encode()).hexdigest()[:12]} pinned, {hashlib.sha256(body.encode()).hexdigest()[:12]} "
         f"now; {len(gone)} pinned entries missing, e.g. {gone[:1]}; {len(added)} new, e.g. {added[:1]}). The test "
-        f"split, the crops or the report parsing changed: compare like with like, or pin the new sets on purpose "
+        f"split or the report parsing changed: compare like with like, or pin the new sets on purpose "
         f"(copy results/evaluate/manifests/*.json there) or set evaluate.manifests to \"\" to draw them afresh.")
+
+
+# A pinned ROI is found again by name (lungs, zones, the whole image: every image has them, from the U-Net or the
+# prior); a lesion ROI, whose existence and box depend on the trained U-Net, by overlap with the pinned box.
+LESION_IOU = 0.5
+
+
+def box_iou(a, b) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
+    return w * h / union if union > 0 else 0.0
+
+
+def roi_ref(test: TestSet, roi: int) -> list:
+    """[name, box]: the box (normalized pixels, 0.1 px) only for a lesion."""
+    name = test.roi_name[roi]
+    return [name, [round(float(v), 1) for v in test.roi_box[roi]] if name == "lesion" else None]
+
+
+def same_roi(pinned: list, now: list) -> bool:
+    return pinned[0] == now[0] and (pinned[1] is None or (now[1] is not None and box_iou(pinned[1], now[1]) >= LESION_IOU))
+
+
+def pair_entries(test: TestSet) -> list[list]:
+    """region_pairs: [image_id, ROI name, lesion box or None, caption], one per test pair."""
+    return [[test.image_id[p["image"]], *roi_ref(test, p["roi"]), p["text"]] for p in test.pairs]
+
+
+def clear_entries(test: TestSet) -> list[list]:
+    """clear_regions: [image_id, ROI name, observation] (lung and zone ROIs only: no box needed)."""
+    return [[test.image_id[c["image"]], test.roi_name[c["roi"]], c["observation"]] for c in test.clear]
+
+
+def match_pinned(pinned: list, current: list, stable, roi) -> list[int]:
+    """For each pinned entry in turn, the first unused current entry with the same fixed part (`stable`) whose ROI
+    is the pinned one (`roi`, same_roi): the current indices found, in pinned order."""
+    by_key: dict[str, list[int]] = {}
+    for i, c in enumerate(current):
+        by_key.setdefault(json.dumps(stable(c)), []).append(i)
+    used, found = set(), []
+    for p in pinned:
+        i = next((i for i in by_key.get(json.dumps(stable(p)), []) if i not in used and same_roi(roi(p), roi(current[i]))),
+                 None)
+        if i is not None:
+            used.add(i)
+            found.append(i)
+    return found
+
+
+def follow_pinned(folder: str | Path, test: TestSet) -> dict[str, dict]:
+    """Restrict the test pairs and clear regions to the pinned ones that the data give again, in place. What the
+    data alone fix must match (the images, and every pinned ground-truth box: else ManifestMismatch); what the trained
+    U-Net moves (which lesions it finds, their boxes) may not: the pinned entries found are counted and the run
+    goes on. Returns {set: {"pinned": n, "found": k}}."""
+    out = {}
+    pairs, clear, grounding = (pinned_ids(folder, n) for n in ("region_pairs", "clear_regions", "grounding"))
+    images = set(test.image_id)
+    for name, entries in (("region_pairs", pairs), ("clear_regions", clear), ("grounding", grounding)):
+        if entries is None:
+            continue
+        if name == "region_pairs" and any(len(e) != 4 or isinstance(e[1], int) for e in entries):
+            raise ManifestMismatch(f"evaluate.manifests: {folder}/region_pairs.json names ROIs by their row in a crop "
+                                   f"shard (an older format): pin the sets again (python -m pipeline pin {folder})")
+        gone = sorted({e[0] for e in entries} - images)
+        if gone:
+            raise ManifestMismatch(f"evaluate.manifests: {len(gone)} image(s) of the pinned {folder}/{name}.json are "
+                                   f"not test images of the data, e.g. {gone[:3]}")
+    if grounding is not None:
+        truth: dict[str, list] = {}
+        for p in test.pairs:
+            if p["gt_box"] is not None:
+                truth.setdefault(json.dumps([test.image_id[p["image"]], p["text"]]), []).append(p["gt_box"])
+        moved = [e for e in grounding if json.dumps(e[:2]) in truth
+                 and not any(np.allclose(e[2], b, atol=0.01) for b in truth[json.dumps(e[:2])])]
+        if moved:
+            raise ManifestMismatch(f"evaluate.manifests: the ground truth of {len(moved)} pinned grounding case(s) "
+                                   f"differs from the data's, e.g. {moved[0]}: the data changed, not the model")
+    if pairs is not None:
+        now = pair_entries(test)
+        keep = match_pinned(pairs, now, lambda e: [e[0], e[3]], lambda e: e[1:3])
+        test.pairs = [test.pairs[i] for i in keep]
+        out["region_pairs"] = {"pinned": len(pairs), "found": len(keep)}
+        if grounding is not None:
+            out["grounding"] = {"pinned": len(grounding), "found": sum(p["gt_box"] is not None for p in test.pairs)}
+    if clear is not None:
+        now = clear_entries(test)
+        keep = match_pinned(clear, now, lambda e: [e[0], e[2]], lambda e: [e[1], None])
+        test.clear = [test.clear[i] for i in keep]
+        out["clear_regions"] = {"pinned": len(clear), "found": len(keep)}
+    for name, n in out.items():
+        (log.warning if n["found"] < n["pinned"] else log.info)(
+            "evaluate.manifests: %d of %d pinned %s found in this run's ROIs", n["found"], n["pinned"], name)
+    return out
 
 
 def training_patients(normalize_shards) -> set[str]:
@@ -468,18 +574,16 @@ def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndar
     for i, study in enumerate(test.study_id):
         first_of_study.setdefault(study, i)
     retrieval = np.array(sorted(first_of_study.values()), dtype=np.int64)
-    roi_row = lambda roi: int(roi - test.roi_of[test.roi_owner[roi]][0])  # noqa: E731  the ROI's row in its image
     bodies = {
         "test_images": manifest_body(test.image_id, None, "test split images with a report"),
         "five_by_200": manifest_body([[test.image_id[i], FIVE[c]] for i, c in zip(*five)], seed,
                                      "images positive for exactly one of the five classes, <= 200 each"),
         "retrieval": manifest_body([test.image_id[i] for i in retrieval], None,
                                    "one image per test study (the first by image_id)"),
-        "region_pairs": manifest_body([[test.image_id[p["image"]], roi_row(p["roi"]), p["text"]] for p in test.pairs],
-                                      None, "test ROI <-> phrase pairs (image_id, ROI row in the crop shard, caption)"),
-        "clear_regions": manifest_body([[test.image_id[c["image"]], roi_row(c["roi"]), c["observation"]]
-                                        for c in test.clear], None,
-                                       "converse test: ROIs with nothing stated, each observation the report negates"),
+        "region_pairs": manifest_body(pair_entries(test), None, "test ROI <-> phrase pairs (image_id, ROI name, "
+                                      "lesion box in normalized pixels or null, caption)"),
+        "clear_regions": manifest_body(clear_entries(test), None, "converse test: lung and zone ROIs with nothing "
+                                       "stated, each observation the report negates (image_id, ROI name, observation)"),
         "grounding": manifest_body([[test.image_id[p["image"]], p["text"], p["gt_box"]] for p in test.pairs
                                     if p["gt_box"] is not None], None, "pairs with a ground-truth box (normalized pixels)"),
     }
@@ -532,9 +636,14 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     if leaked:
         raise ValueError(f"{len(leaked)} test patient(s) are also training / validation patients, e.g. {leaked[0]}")
     five, retrieval, bodies = evaluation_sets(test, seed)
-    for name, body in bodies.items():
-        check_pinned(folder, name, body)
+    for name in ("test_images", "five_by_200", "retrieval"):  # fixed by the data alone: must match exactly
+        check_pinned(folder, name, bodies[name])
+    found = follow_pinned(folder, test) if folder else {}
+    if found:  # the sets written are the ones evaluated: the pinned entries found again
+        bodies.update({k: v for k, v in evaluation_sets(test, seed)[2].items() if k in found})
     manifests = {name: write_manifest(out_dir / "manifests" / f"{name}.json", body) for name, body in bodies.items()}
+    for name, n in found.items():
+        manifests[name].update(n)
 
     boot = stats.PatientBootstrap(test.patient_id, cfg["bootstrap"], seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -657,8 +766,13 @@ def report_markdown(metrics: dict) -> str:
         p = metrics["pairing_on_truth"]
         lines.extend([f"Pairing on the synthetic truth (all splits): {p['right']} of {p['judged']} judged pairs right "
                       f"({p['accuracy']:.3f}).", ""])
-    lines.extend(["## Evaluation sets (manifests)", "", "| set | n | seed | sha256 |", "|---|---|---|---|"])
-    lines.extend(f"| {k} | {v['n']} | {v['seed']} | `{v['sha256'][:16]}` |" for k, v in metrics["manifests"].items())
+    lines.extend(["## Evaluation sets (manifests)", "", "Sets pinned by `evaluate.manifests` whose ROIs come from the "
+                  "trained U-Net (region pairs, clear regions, grounding) are evaluated on the pinned entries found "
+                  "again: lungs and zones by name, lesions by box overlap (IoU >= 0.5).", "",
+                  "| set | n | pinned entries found | seed | sha256 |", "|---|---|---|---|---|"])
+    found = lambda v: f"{v['found']} of {v['pinned']}" if "pinned" in v else "-"  # noqa: E731
+    lines.extend(f"| {k} | {v['n']} | {found(v)} | {v['seed']} | `{v['sha256'][:16]}` |"
+                 for k, v in metrics["manifests"].items())
     return "\n".join(lines) + "\n"
 
 
