@@ -268,3 +268,67 @@ def test_linear_window_end_points_follow_the_standard():
     ds.WindowCenter, ds.WindowWidth = "50", "101"
     out = normalize.window(np.array([-10.0, -0.5, 49.5, 99.5, 200.0], np.float32), ds)
     np.testing.assert_allclose(out, [0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-7)
+
+
+def _annotated_film(grey: np.ndarray, fraction: float) -> np.ndarray:
+    """`grey` as RGB with a red arrow (shaft and head) and a yellow circle drawn on it, covering about `fraction`
+    of the film, as figures of published collections mark a lesion."""
+    rgb = np.repeat(grey[..., None], 3, -1).copy()
+    h, w = grey.shape
+    yy, xx = np.mgrid[:h, :w]
+    ring = np.abs(np.hypot(yy - h * 0.55, xx - w * 0.6) - h * 0.15) < h * 0.01  # a circle around a lesion
+    rgb[ring] = [240, 220, 40]
+    target, row = fraction * h * w, int(h * 0.3)
+    thickness = 1
+    while np.mean(np.abs(rgb[..., 0].astype(int) - rgb[..., 2]) > 10) < fraction and thickness < h // 4:
+        rgb[row : row + thickness, w // 8 : w // 2] = [230, 25, 25]  # the shaft, thickened until it covers enough
+        rgb[row - thickness : row + 2 * thickness, w // 2 : w // 2 + thickness * 2] = [230, 25, 25]  # the head
+        thickness += 1
+    assert abs(np.mean(np.any(rgb != rgb[..., :1], -1)) - target / (h * w)) < 0.01
+    return rgb
+
+
+def test_greyscale_film_with_a_coloured_arrow_is_kept_as_annotated(tmp_path, norm_cfg):
+    grey = radiograph(rows=240, cols=200, bits=8).astype(np.uint8)
+    rgb = _annotated_film(grey, 0.03)  # above the 2% of plain JPEG noise the old rule allowed
+    marked = np.any(rgb != rgb[..., :1], -1)
+    Image.fromarray(rgb).save(tmp_path / "arrow.png")
+    Image.fromarray(rgb).save(tmp_path / "arrow.jpg", quality=90)  # JPEG smears the colour into its neighbours
+    png = normalize.read_image(tmp_path / "arrow.png", norm_cfg)
+    assert png.conversion.startswith("RGB greyscale to L") and "annotated: 3." in png.conversion
+    np.testing.assert_allclose(png.pixels[~marked], grey[~marked] / 255, atol=1e-6)  # the film is untouched
+    np.testing.assert_allclose(png.pixels[marked], rgb[marked].mean(-1) / 255, atol=1 / 255)  # marks become grey
+    jpg = normalize.read_image(tmp_path / "arrow.jpg", norm_cfg)
+    assert "annotated" in jpg.conversion and jpg.pixels.shape == grey.shape
+    # the benchmark readers read through the same function
+    image, _, source = normalize_file(tmp_path / "arrow.jpg", norm_cfg)
+    assert image.shape == (64, 64) and "annotated" in source.conversion
+
+
+def test_colour_figure_is_rejected_with_its_coloured_fraction(tmp_path, norm_cfg):
+    grey = radiograph(rows=240, cols=200, bits=8).astype(np.float64)
+    # a heat map blended over the right lung: a colour figure, not a marked film
+    heat = np.zeros(grey.shape)
+    heat[60:180, 30:100] = 1.0
+    rgb = np.stack([grey * (1 - 0.5 * heat) + 255 * 0.5 * heat, grey * (1 - 0.5 * heat), grey * (1 - 0.5 * heat)], -1)
+    Image.fromarray(np.rint(rgb).astype(np.uint8)).save(tmp_path / "heat_map.png")
+    with pytest.raises(Rejected, match=r"colour image \(RGB, channels differ by more than 10 levels at 1\d\.\d% of "
+                                       r"pixels, more than the 10% that coloured annotations"):
+        normalize.read_image(tmp_path / "heat_map.png", norm_cfg)
+    # marks beyond the documented fraction are a colour figure too
+    Image.fromarray(_annotated_film(grey.astype(np.uint8), 0.12)).save(tmp_path / "heavily_marked.png")
+    with pytest.raises(Rejected, match="colour image"):
+        normalize.read_image(tmp_path / "heavily_marked.png", norm_cfg)
+
+
+def test_stage_records_annotated_films_per_image(tmp_path, norm_cfg):
+    grey = radiograph(rows=240, cols=200, bits=8).astype(np.uint8)
+    Image.fromarray(_annotated_film(grey, 0.03)).save(tmp_path / "arrow.png")
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "plain.png")
+    Image.fromarray(np.stack([grey, grey // 2, grey], -1)).save(tmp_path / "colour.png")
+    studies = _studies(tmp_path, [tmp_path / n for n in ("arrow.png", "plain.png", "colour.png")])
+    assert normalize.run(studies, "00000", tmp_path / "shard.h5", None, norm_cfg) == {"images": 3, "kept": 2,
+                                                                                       "rejected": 1}
+    with Shard(tmp_path / "shard.h5") as s:
+        assert "annotated" in s.row(0)["conversion"] and "annotated" not in s.row(1)["conversion"]
+        assert s.table("rejected")["reason"][0].startswith("colour image (RGB")
