@@ -125,17 +125,33 @@ def test_labels_follow_the_chexpert_rule(cfg):
     assert np.isnan(lab["No Finding"]) and np.isnan(lab["Edema"])
 
 
-def test_a_finding_only_offered_as_a_possibility_sets_no_label(cfg):
+def test_every_hedged_finding_is_uncertain_by_default_as_the_chexpert_labeler_labels_it(cfg):
+    assert cfg["hedge"] == "chexpert"
+    rep = pr.parse_reports(["FINDINGS: Minimal patchy airspace disease in the lingula, may reflect atelectasis or "
+                            "consolidation. No effusion. IMPRESSION: Pneumothorax cannot be excluded."], cfg)[0]
+    assert {p.observation: p.hedge for p in rep.phrases if p.uncertain} == {
+        "Atelectasis": "possible", "Consolidation": "possible", "Pneumothorax": "possible"}
+    lab = rep.labels
+    assert lab["Atelectasis"] == lab["Consolidation"] == lab["Pneumothorax"] == -1.0
+    assert lab["Lung Opacity"] == 1.0 and lab["Pleural Effusion"] == 0.0 and np.isnan(lab["No Finding"])
+    assert score.study_labels([("Pneumothorax", False, "probable")])["Pneumothorax"] == -1.0
+
+
+def test_two_grade_hedge_leaves_a_finding_only_offered_as_a_possibility_unlabelled(cfg):
+    two = {**cfg, "hedge": "two_grade"}
     rep = pr.parse_reports(["FINDINGS: Patchy right basilar opacity may represent pneumonia. No effusion. "
-                            "IMPRESSION: Right base opacity. Pneumonia cannot be excluded."], cfg)[0]
+                            "IMPRESSION: Right base opacity. Pneumonia cannot be excluded."], two)[0]
     ph = [p for p in rep.phrases if p.observation == "Pneumonia"]
     assert ph and all(p.uncertain and p.hedge == "possible" for p in ph)
     lab = rep.labels
     assert np.isnan(lab["Pneumonia"]) and lab["Lung Opacity"] == 1.0 and lab["Pleural Effusion"] == 0.0
+    assert rep.labels_as("chexpert")["Pneumonia"] == -1.0  # the phrases keep their grade: either convention
     # hedged but never "No Finding"
-    only = pr.parse_reports(["IMPRESSION: Possible small left pneumothorax."], cfg)[0].labels
+    only = pr.parse_reports(["IMPRESSION: Possible small left pneumothorax."], two)[0].labels
     assert np.isnan(only["Pneumothorax"]) and np.isnan(only["No Finding"])
-    assert score.study_labels([("Pneumothorax", False, "probable")])["Pneumothorax"] == -1.0
+    assert score.study_labels([("Pneumothorax", False, "probable")], "two_grade")["Pneumothorax"] == -1.0
+    with pytest.raises(ValueError, match="hedge convention"):
+        score.study_labels([], "expert")
 
 
 def test_standalone_command_writes_phrases_and_labels(tmp_path):

@@ -96,9 +96,14 @@ def test_bench_on_a_written_gold_table(dev_set, capsys):
     lab = res["labels"]
     assert lab["Cardiomegaly"]["tp"] == 1 and lab["Pleural Effusion"]["tp"] == 1 and lab["Atelectasis"]["tp"] == 1
     assert lab["Lung Lesion"]["tp"] == 1  # "nodule" against gold Mass: one Lung Lesion
-    # "may represent pneumonia" is offered as a possibility: no label, a miss against this gold
+    # scored in the gold's convention: "may represent pneumonia" is offered as a possibility, unlabelled there,
+    # a miss against this gold; under the config's CheXpert convention (-1, counted as present) a hit
+    assert res["hedge"] == "two_grade" and res["config_hedge"] == "chexpert"
     assert lab["Pneumonia"] == {**lab["Pneumonia"], "tp": 0, "fn": 1, "fp": 0}
     assert res["confusions"]["Pneumonia"]["missed_negated_phrases"][0][0].endswith("(?)")
+    assert res["by_convention"]["chexpert"]["labels"]["Pneumonia"]["tp"] == 1
+    assert res["by_convention"]["two_grade"]["macro_f1"] == res["macro_f1"]
+    assert "under the chexpert convention (this config)" in out
     assert np.isnan(lab["Edema"]["f1"]) or lab["Edema"]["f1"] == 0.0
 
 

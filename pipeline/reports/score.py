@@ -21,14 +21,24 @@ def status_of(negated: bool, uncertain: bool) -> str:
     return "-" if negated else ("?" if uncertain else "+")
 
 
-def study_labels(mentions) -> dict[str, float]:
-    """The study's 14 labels from (observation, negated, hedge) mentions, hedge "" | "probable" | "possible".
+# How hedged findings label a study (`parse_reports.hedge`). "chexpert": every hedged finding is uncertain (-1),
+# whatever its grade, as the CheXpert labeler labels it and MIMIC-CXR's mimic-cxr-2.0.0-chexpert.csv reads.
+# "two_grade": a "probable" finding is uncertain (-1), one only offered as a possibility sets no label, as expert
+# labels count it (NegBio's gold standard on the IU reports leaves "may represent pneumonia" unlabelled).
+HEDGE_CONVENTIONS = ("chexpert", "two_grade")
 
-    The CheXpert labeler's rule (present > uncertain > negated > not mentioned, `pipeline.labels`), with a
-    "probable" finding uncertain (-1). A finding only ever offered as a possibility ("may represent pneumonia",
-    "pneumothorax cannot be excluded") sets no label: expert labels (NegBio's gold standard) do not count it,
-    where the CheXpert labeler gives -1. Such a study is still not "No Finding"."""
+
+def study_labels(mentions, hedge: str = "chexpert") -> dict[str, float]:
+    """The study's 14 labels from (observation, negated, grade) mentions, grade "" | "probable" | "possible".
+
+    The CheXpert labeler's rule (present > uncertain > negated > not mentioned, `pipeline.labels`); `hedge`
+    (HEDGE_CONVENTIONS) says what a hedged mention gives. Under "two_grade" a study whose findings are only
+    offered as possibilities is still not "No Finding"."""
+    if hedge not in HEDGE_CONVENTIONS:
+        raise ValueError(f"hedge convention {hedge!r}: expected one of {HEDGE_CONVENTIONS}")
     mentions = list(mentions)
+    if hedge == "chexpert":
+        return derive_labels((o, neg, bool(h)) for o, neg, h in mentions)
     labels = derive_labels((o, neg, bool(h)) for o, neg, h in mentions if h != "possible")
     if labels["No Finding"] == 1.0 and any(h == "possible" and not neg and o in OBSERVATIONS
                                            and o not in ("Support Devices", "No Finding") for o, neg, h in mentions):

@@ -10,8 +10,9 @@ termination words ("but", "however"), so "No effusion but small pneumothorax" ne
 
 Each observation mention becomes a phrase: the clause around it (cut at commas, "and", "or", "with"...)
 minus leading cue words, with laterality, zone and size read from the clause (and, for a positive mention
-without them, from its sentence). Study labels follow the CheXpert labeler's rule, except that a finding only
-offered as a possibility sets no label (`pipeline.reports.score.study_labels`).
+without them, from its sentence). Study labels follow the CheXpert labeler's rule: every hedged finding is
+uncertain (-1) by default; `parse_reports.hedge: two_grade` leaves a finding only offered as a possibility
+unlabelled, as expert labels do (`pipeline.reports.score.study_labels`).
 """
 
 from __future__ import annotations
@@ -208,15 +209,21 @@ class ParsedReport:
     status: str  # ok | empty | no_sections | truncated
     sections: dict[str, str]
     phrases: list[Phrase]
+    hedge: str = "chexpert"  # the label convention for hedged findings (pipeline.reports.score.HEDGE_CONVENTIONS)
 
     @property
     def labels(self) -> dict[str, float]:
-        return study_labels((p.observation, p.negated, p.hedge) for p in self.phrases)
+        return self.labels_as(self.hedge)
+
+    def labels_as(self, hedge: str) -> dict[str, float]:
+        """The study labels under a given hedge convention ("chexpert" or "two_grade")."""
+        return study_labels(((p.observation, p.negated, p.hedge) for p in self.phrases), hedge)
 
 
 def parse_reports(texts: list[str], cfg: dict) -> list[ParsedReport]:
     """Parse many reports (batched through spaCy)."""
     nlp = build_nlp(cfg["spacy_model"])
+    hedge = cfg.get("hedge", "chexpert")
     results, jobs = [], []
     for text in texts:
         text = text if isinstance(text, str) else ""
@@ -224,13 +231,13 @@ def parse_reports(texts: list[str], cfg: dict) -> list[ParsedReport]:
         if len(text) > cfg["max_chars"]:
             text, status = text[: cfg["max_chars"]], "truncated"
         if not re.search(r"[A-Za-z]{2}", _DEID.sub(" ", text)):
-            results.append(ParsedReport("empty", {}, []))
+            results.append(ParsedReport("empty", {}, [], hedge))
             continue
         sections = split_sections(text)
         wanted = [s for s in cfg["sections"] if sections.get(s)]
         if not wanted:
             status = "no_sections"
-        results.append(ParsedReport(status, sections, []))
+        results.append(ParsedReport(status, sections, [], hedge))
         jobs += [(len(results) - 1, s, _clean(sections[s])) for s in wanted]
     docs = nlp.pipe((t for _, _, t in jobs), batch_size=64)
     offsets: dict[int, int] = {}
