@@ -10,6 +10,19 @@ Sources (config `data.source`):
 
 Output `studies.csv` keeps only the dataset's own pseudonymous ids, paths, report text, view, sex/age where
 the dataset ships them, the 14 labels (1 / 0 / -1 / NaN) and the split and shard of each image.
+
+Ids become file names downstream (normalize's PNGs): an id that is not a safe file name (a folder part, a
+leading dot, odd characters) is replaced by `id-` + 16 hex digits of its SHA-256, the original kept in
+`source_image_id`. A csv table without an `image_id` column gets `img-` + 16 hex digits of the SHA-256 of each
+image's path relative to the table, never the file's stem (a file may be named after its patient).
+
+One bad row never stops a table: a row with bytes that are not UTF-8, a blank id or path, an unknown split or
+an image_id shared with another row is left out and listed in `rejected.csv` (table, row, image_id, reason;
+rows numbered from 1 after the header); the rest goes on.
+
+Report text is kept verbatim (MIMIC-CXR and CheXpert Plus are de-identified); `data.scrub_reports` names
+regular expressions (and `builtin`: dates, "Dr. X", names after Patient / Name headers) whose matches become
+"___", as in MIMIC-CXR, for a source that is not.
 """
 
 from __future__ import annotations
@@ -17,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -28,7 +42,7 @@ from ..labels import OBSERVATIONS
 
 log = logging.getLogger("pipeline.ingest")
 
-COLUMNS = ["image_id", "study_id", "patient_id", "split", "view", "image_path", "report", "sex", "age",
+COLUMNS = ["image_id", "source_image_id", "study_id", "patient_id", "split", "view", "image_path", "report", "sex", "age",
            *OBSERVATIONS]
 SPLITS = ["train", "validate", "test"]
 # Written views as sources spell them -> the view filter's names. Qualifiers of a frontal film (supine,
@@ -39,8 +53,80 @@ UNKNOWN = "UNKNOWN"  # no view information: kept by the view filter (counted in 
 FRONTAL = "FRONTAL"  # a frontal film of unstated projection: kept when the filter keeps PA or AP
 
 
+REJECTED_COLUMNS = ["table", "row", "image_id", "reason"]
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain file name on every OS: no folder, no leading dot
+NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
+SCRUBBED = "___"  # MIMIC-CXR's mark for removed protected health information
+# data.scrub_reports `builtin`: dates, a doctor's name, the value of a name header
+BUILTIN_SCRUB = [
+    (r"\b\d{1,4}[/.-]\d{1,2}[/.-]\d{1,4}\b", SCRUBBED),
+    (r"(?i)\b\d{1,2}(?:st|nd|rd|th)?\s+(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?,?\s+\d{2,4}\b",
+     SCRUBBED),
+    (r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{2,4}\b",
+     SCRUBBED),
+    (r"\b(Dr\.?|Doctor)[ \t]+(?:[A-Z]\.[ \t]*)?[A-Z][A-Za-z'-]+(?:[ \t]+[A-Z][A-Za-z'-]+)?", rf"\1 {SCRUBBED}"),
+    (r"(?im)^(\s*(?:patient(?:\s+name)?|name|referring(?:\s+physician)?|physician|attending|radiologist|"
+     r"signed\s+by|dictated\s+by)\s*:[ \t]*)\S[^\n]*", rf"\1{SCRUBBED}"),
+]
+
+
 class IngestError(ValueError):
     """The source is missing a table or column the layout requires."""
+
+
+def read_csv(path: Path, rejected: list[dict], **kwargs) -> pd.DataFrame:
+    """A source table with its rows numbered (`_row`, from 1 after the header); a row holding bytes that are
+    not UTF-8 is left out and added to `rejected` with its column and byte, the rest is read."""
+    t = pd.read_csv(path, encoding="utf-8", encoding_errors="surrogateescape", **kwargs)
+    t["_row"] = np.arange(1, len(t) + 1)
+    bad = pd.Series(False, index=t.index)
+    for col in t.columns[[not pd.api.types.is_numeric_dtype(d) for d in t.dtypes]]:
+        hit = t[col].map(lambda v: isinstance(v, str) and NOT_UTF8.search(v) is not None)
+        for i in t.index[hit & ~bad]:
+            byte = ord(NOT_UTF8.search(t.at[i, col])[0]) - 0xDC00
+            rejected.append({"table": path.name, "row": i + 1, "image_id": "",
+                             "reason": f"column {_printable(col)}: byte 0x{byte:02x} is not UTF-8"})
+        bad |= hit
+    return t[~bad].reset_index(drop=True)
+
+
+def _printable(text: str) -> str:
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def reject_rows(df: pd.DataFrame, bad: pd.Series, reasons, rejected: list[dict]) -> pd.DataFrame:
+    """Drop the rows where `bad` holds, recording each with its table, row, image_id and reason."""
+    reasons = reasons if isinstance(reasons, pd.Series) else pd.Series(reasons, index=df.index)
+    for i in df.index[bad]:
+        rejected.append({"table": df.at[i, "_table"], "row": int(df.at[i, "_row"]),
+                         "image_id": df.at[i, "image_id"], "reason": reasons[i]})
+    return df[~bad]
+
+
+def safe_image_id(image_id: str) -> str:
+    """The id itself when it is a safe file name, else `id-` + 16 hex digits of its SHA-256 (stable)."""
+    if SAFE_ID.fullmatch(image_id):
+        return image_id
+    return "id-" + hashlib.sha256(image_id.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def path_image_id(path: Path, table_dir: Path) -> str:
+    """A pseudonymous id from an image's path relative to its table (stable, and no file name in it)."""
+    rel = Path(os.path.relpath(path, table_dir)).as_posix()
+    return "img-" + hashlib.sha256(rel.encode()).hexdigest()[:16]
+
+
+def scrub_reports(reports: pd.Series, patterns: list[str]) -> pd.Series:
+    """Matches of `patterns` (regular expressions; `builtin` = BUILTIN_SCRUB) replaced by "___" in every report."""
+    rules = [(p, SCRUBBED) for p in patterns if p != "builtin"] + (BUILTIN_SCRUB if "builtin" in patterns else [])
+    compiled = [(re.compile(p), repl) for p, repl in rules]
+
+    def scrub(text: str) -> str:
+        for rx, repl in compiled:
+            text = rx.sub(repl, text)
+        return text
+
+    return reports.map(scrub) if compiled else reports
 
 
 def _find_table(root: Path, stem: str, required: bool = True) -> Path | None:
@@ -73,28 +159,42 @@ def _labels(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------- sources
-def read_mimic(root: str | Path) -> pd.DataFrame:
-    """Rows for every image listed in the MIMIC-CXR metadata table."""
+def _integer_ids(t: pd.DataFrame, cols: tuple[str, ...], table: str, rejected: list[dict]) -> pd.DataFrame:
+    """MIMIC's numeric ids as text; a row whose id is blank or not an integer is rejected."""
+    bad = pd.Series(False, index=t.index)
+    for col in cols:
+        values = pd.to_numeric(t[col], errors="coerce")
+        hit = (values.isna() | (values != values.round())) & ~bad
+        for i in t.index[hit]:
+            rejected.append({"table": table, "row": int(t.at[i, "_row"]), "image_id": str(t.get("dicom_id", {}).get(i, "")),
+                             "reason": f"{col} {t.at[i, col]!r} is not an integer id"})
+        bad |= hit
+        t[col] = values.fillna(0).astype("int64").astype(str)
+    return t[~bad]
+
+
+def read_mimic(root: str | Path, rejected: list[dict] | None = None) -> pd.DataFrame:
+    """Rows for every image listed in the MIMIC-CXR metadata table (bad rows of any table go to `rejected`)."""
     root = Path(root)
-    meta = pd.read_csv(_find_table(root, "mimic-cxr-2.0.0-metadata"), dtype={"dicom_id": str})
+    rejected = [] if rejected is None else rejected
+    meta_path = _find_table(root, "mimic-cxr-2.0.0-metadata")
+    meta = read_csv(meta_path, rejected, dtype={"dicom_id": str})
     for col in ("dicom_id", "subject_id", "study_id"):
         if col not in meta:
             raise IngestError(f"metadata table lacks column {col}")
-    meta["subject_id"] = meta["subject_id"].astype("int64").astype(str)
-    meta["study_id"] = meta["study_id"].astype("int64").astype(str)
+    meta = _integer_ids(meta, ("subject_id", "study_id"), meta_path.name, rejected)
 
     split_path = _find_table(root, "mimic-cxr-2.0.0-split", required=False)
     if split_path is not None:
-        split = pd.read_csv(split_path, dtype={"dicom_id": str})[["dicom_id", "split"]]
+        split = read_csv(split_path, rejected, dtype={"dicom_id": str})[["dicom_id", "split"]]
         meta = meta.merge(split, on="dicom_id", how="left")
     else:
         meta["split"] = ""
 
     labels_path = _find_table(root, "mimic-cxr-2.0.0-chexpert", required=False)
     if labels_path is not None:
-        lab = pd.read_csv(labels_path)
-        lab["study_id"] = lab["study_id"].astype("int64").astype(str)
-        lab = lab.drop(columns=[c for c in ("subject_id",) if c in lab])
+        lab = _integer_ids(read_csv(labels_path, rejected), ("study_id",), labels_path.name, rejected)
+        lab = lab.drop(columns=[c for c in ("subject_id", "_row") if c in lab])
         meta = meta.merge(lab, on="study_id", how="left")
 
     files = root / "files"
@@ -102,7 +202,9 @@ def read_mimic(root: str | Path) -> pd.DataFrame:
     study_dir = [str(p / f"s{s}") for p, s in zip(patient_dir, meta["study_id"])]
     reports = {d: _read_report(Path(f"{d}.txt")) for d in dict.fromkeys(study_dir)}  # once per study, not per image
     out = pd.DataFrame({
-        "image_id": meta["dicom_id"],
+        "_table": meta_path.name,
+        "_row": meta["_row"],
+        "image_id": meta["dicom_id"].fillna("").astype(str),
         "study_id": meta["study_id"],
         "patient_id": meta["subject_id"],
         "split": meta["split"].fillna("").astype(str),
@@ -134,28 +236,33 @@ def _chexpert_key(path: str) -> str:
     return "/".join(parts[-4:])
 
 
-def read_chexpert(root: str | Path, reports: str = "") -> pd.DataFrame:
+def read_chexpert(root: str | Path, reports: str = "", rejected: list[dict] | None = None) -> pd.DataFrame:
     root = Path(root)
+    rejected = [] if rejected is None else rejected
     frames = []
     for name, official in (("train.csv", ""), ("valid.csv", "validate")):
         if not (root / name).exists():
             if name == "train.csv":
                 raise IngestError(f"{name} not found in {root}")
             continue
-        t = pd.read_csv(root / name)
+        t = read_csv(root / name, rejected)
         if "Path" not in t:
             raise IngestError(f"{name} lacks column Path")
         t["split"] = official  # train.csv patients are split into train / test by hash below
-        frames.append(t)
+        t["_table"] = name
+        m = t["Path"].astype(str).str.extract(_CHEXPERT_PATH)
+        for i in t.index[m[0].isna()]:
+            rejected.append({"table": name, "row": int(t.at[i, "_row"]), "image_id": "",
+                             "reason": f"Path {t.at[i, 'Path']!r} not in patientN/studyN/view form"})
+        frames.append(t[m[0].notna()])
     t = pd.concat(frames, ignore_index=True)
     m = t["Path"].str.extract(_CHEXPERT_PATH)
-    if m[0].isna().any():
-        bad = t.loc[m[0].isna(), "Path"].iloc[0]
-        raise IngestError(f"CheXpert Path not in patientN/studyN/view form: {bad}")
     frontal = t.get("Frontal/Lateral", pd.Series("Frontal", index=t.index)).fillna("")
     appa = t.get("AP/PA", pd.Series("", index=t.index))
     view = np.where(frontal.str.lower() == "lateral", "LATERAL", appa.map(normalize_view))
     out = pd.DataFrame({
+        "_table": t["_table"],
+        "_row": t["_row"],
         "image_id": m[0] + "_" + m[1] + "_" + m[2],
         "study_id": m[0] + "_" + m[1],
         "patient_id": m[0],
@@ -167,7 +274,7 @@ def read_chexpert(root: str | Path, reports: str = "") -> pd.DataFrame:
         "age": pd.to_numeric(t.get("Age", pd.Series(np.nan, index=t.index)), errors="coerce"),
     })
     if reports:
-        plus = pd.read_csv(reports)
+        plus = read_csv(Path(reports), rejected)
         if "path_to_image" not in plus:
             raise IngestError("CheXpert Plus table lacks column path_to_image")
         text = plus["report"] if "report" in plus else (
@@ -186,21 +293,30 @@ def _resolve_chexpert(root: Path, rel: str) -> Path:
     return (root / Path(*Path(rel).parts[1:])).resolve()
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, rejected: list[dict] | None = None) -> pd.DataFrame:
     path = Path(path)
-    t = pd.read_csv(path, dtype={"patient_id": str, "study_id": str, "image_id": str})
+    rejected = [] if rejected is None else rejected
+    t = read_csv(path, rejected, dtype={"patient_id": str, "study_id": str, "image_id": str, "image_path": str})
     missing = [c for c in ("image_path", "patient_id", "study_id") if c not in t]
     if missing:
         raise IngestError(f"{path.name} lacks required column(s) {', '.join(missing)}")
-    paths = [p if Path(p).is_absolute() else (path.parent / p) for p in t["image_path"].astype(str)]
-    image_id = t["image_id"] if "image_id" in t else pd.Series([Path(p).stem for p in paths], index=t.index)
+    t["image_path"] = t["image_path"].fillna("")
+    paths = [p if not p or Path(p).is_absolute() else (path.parent / p) for p in t["image_path"]]
+    if "image_id" in t:
+        image_id = t["image_id"].fillna("")
+    else:
+        log.info("%s has no image_id column: each image's id is a hash of its path relative to the table (file "
+                 "names are not used as ids: a file may be named after its patient)", path.name)
+        image_id = pd.Series([path_image_id(p, path.parent) if p else "" for p in paths], index=t.index)
     out = pd.DataFrame({
-        "image_id": image_id.astype(str),
-        "study_id": t["study_id"].astype(str),
-        "patient_id": t["patient_id"].astype(str),
+        "_table": path.name,
+        "_row": t["_row"],
+        "image_id": image_id,
+        "study_id": t["study_id"].fillna(""),
+        "patient_id": t["patient_id"].fillna(""),
         "split": t["split"].fillna("").astype(str) if "split" in t else "",
         "view": t["view"].map(normalize_view) if "view" in t else UNKNOWN,
-        "image_path": [str(Path(p).resolve()) for p in paths],
+        "image_path": [str(Path(p).resolve()) if p else "" for p in paths],
         "report": t["report"].fillna("").astype(str) if "report" in t else "",
         "sex": t["sex"].fillna("").astype(str) if "sex" in t else "",
         "age": pd.to_numeric(t["age"], errors="coerce") if "age" in t else np.nan,
@@ -266,17 +382,38 @@ def plan_shards(df: pd.DataFrame, shard_size: int) -> tuple[pd.DataFrame, dict]:
     return df, plan
 
 
-def read_source(data_cfg: dict) -> pd.DataFrame:
+def read_source(data_cfg: dict, rejected: list[dict]) -> pd.DataFrame:
     source = data_cfg["source"]
     if source == "synthetic":
-        return read_mimic(data_cfg["synthetic"]["out_dir"])
+        return read_mimic(data_cfg["synthetic"]["out_dir"], rejected)
     if not data_cfg["root"]:
         raise IngestError(f"data.root must name the {source} location")
     if source == "mimic-cxr":
-        return read_mimic(data_cfg["root"])
+        return read_mimic(data_cfg["root"], rejected)
     if source == "chexpert":
-        return read_chexpert(data_cfg["root"], data_cfg["chexpert"]["reports"])
-    return read_table(data_cfg["root"])
+        return read_chexpert(data_cfg["root"], data_cfg["chexpert"]["reports"], rejected)
+    return read_table(data_cfg["root"], rejected)
+
+
+def check_rows(df: pd.DataFrame, rejected: list[dict]) -> pd.DataFrame:
+    """Leave out rows that cannot be used (blank ids or path, an unknown split, an image_id that other rows
+    share: all of them, as which one is right cannot be told); map ids that are not safe file names."""
+    for col in ("image_id", "patient_id", "study_id", "image_path"):
+        df = reject_rows(df, df[col].str.strip() == "", f"no {col}", rejected)
+    split = df["split"].replace({"valid": "validate", "val": "validate"})
+    df = reject_rows(df, ~split.isin(SPLITS + [""]), "unknown split " + df["split"].map(repr) + f"; expected {SPLITS}",
+                     rejected)
+    rows_of = df.groupby("image_id")["_row"].agg(lambda r: ", ".join(map(str, r)))
+    dup = df["image_id"].duplicated(keep=False)
+    df = reject_rows(df, dup, "image_id shared by rows " + df["image_id"].map(rows_of), rejected)
+    safe = df["image_id"].map(safe_image_id)
+    mapped = safe != df["image_id"]
+    if mapped.any():
+        log.warning("%d image_id(s) are not safe file names, e.g. %r: replaced by id-<hash> (the original kept in "
+                    "source_image_id)", mapped.sum(), df.loc[mapped, "image_id"].iloc[0])
+    df = df.assign(source_image_id=df["image_id"].where(mapped, ""), image_id=safe)
+    dup = df["image_id"].duplicated(keep=False)  # a mapped id that equals another row's id
+    return reject_rows(df, dup, "image_id (after mapping to a safe name) shared with another row", rejected)
 
 
 def view_kept(views: pd.Series, wanted: list[str]) -> pd.Series:
@@ -285,15 +422,18 @@ def view_kept(views: pd.Series, wanted: list[str]) -> pd.Series:
     return views.isin(wanted) | (views == UNKNOWN) | ((views == FRONTAL) & frontal_wanted)
 
 
-def ingest(data_cfg: dict) -> tuple[pd.DataFrame, dict]:
-    df = read_source(data_cfg)
+def ingest(data_cfg: dict, rejected: list[dict] | None = None) -> tuple[pd.DataFrame, dict]:
+    """The table and its shard plan; rows left out are appended to `rejected` (see REJECTED_COLUMNS)."""
+    rejected = [] if rejected is None else rejected
+    df = check_rows(read_source(data_cfg, rejected), rejected)
+    for r in rejected:
+        log.warning("rejected %s row %d%s: %s", r["table"], r["row"], f" ({r['image_id']})" if r["image_id"] else "",
+                    r["reason"])
+    df = df.assign(report=scrub_reports(df["report"], data_cfg["scrub_reports"]))
     n_all = len(df)
-    dup = df["image_id"].duplicated()
-    if dup.any():
-        raise IngestError(f"image_id not unique, e.g. {df.loc[dup, 'image_id'].iloc[0]}")
     df = df[view_kept(df["view"], data_cfg["views"])]
-    log.info("%d images listed, %d kept by the view filter %s (%d of unknown view, %d frontal of unstated "
-             "projection, kept)", n_all, len(df), data_cfg["views"], (df["view"] == UNKNOWN).sum(),
+    log.info("%d images listed (%d rows rejected), %d kept by the view filter %s (%d of unknown view, %d frontal of unstated "
+             "projection, kept)", n_all, len(rejected), len(df), data_cfg["views"], (df["view"] == UNKNOWN).sum(),
              (df["view"] == FRONTAL).sum())
     df = assign_splits(df, data_cfg["split"])
     df, plan = plan_shards(df[COLUMNS], data_cfg["shard_size"])
@@ -303,14 +443,18 @@ def ingest(data_cfg: dict) -> tuple[pd.DataFrame, dict]:
     return df, plan
 
 
-def run(data_cfg: dict, studies_out: str | Path, plan_out: str | Path) -> None:
-    df, plan = ingest(data_cfg)
+def run(data_cfg: dict, studies_out: str | Path, plan_out: str | Path, rejected_out: str | Path | None = None) -> None:
+    """Write studies.csv, shards.json and rejected.csv (default: beside studies.csv)."""
+    rejected: list[dict] = []
+    df, plan = ingest(data_cfg, rejected)
     write_text_atomic(studies_out, df.to_csv(index=False))
     write_text_atomic(plan_out, json.dumps(plan, indent=1, sort_keys=True) + "\n")
+    rejected_out = rejected_out or Path(studies_out).parent / "rejected.csv"
+    write_text_atomic(rejected_out, pd.DataFrame(rejected, columns=REJECTED_COLUMNS).to_csv(index=False))
 
 
 def load_studies(path: str | Path, shard: str | None = None) -> pd.DataFrame:
     """Read `studies.csv` (optionally one shard's rows) with ids as text and labels as float."""
-    df = pd.read_csv(path, dtype={c: str for c in ("image_id", "study_id", "patient_id", "shard", "sex")},
+    df = pd.read_csv(path, dtype={c: str for c in ("image_id", "source_image_id", "study_id", "patient_id", "shard", "sex")},
                      keep_default_na=False, na_values={o: [""] for o in OBSERVATIONS + ["age"]})
     return df[df["shard"] == shard].reset_index(drop=True) if shard is not None else df

@@ -302,6 +302,16 @@ def normalize_file(path: str | Path, cfg: dict) -> tuple[np.ndarray, np.ndarray,
     return image, transform, rad
 
 
+def png_path(png_dir: str | Path, image_id: str) -> Path:
+    """`png_dir/<image_id>.png`; an id that would leave the folder (ingest maps such ids, this is the second
+    guard) is Rejected."""
+    folder = Path(png_dir).resolve()
+    path = (folder / f"{image_id}.png").resolve()
+    if path.parent != folder:
+        raise Rejected(f"image_id is not a safe file name (its PNG would be written outside {png_dir})")
+    return path
+
+
 def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | None, cfg: dict) -> dict:
     """Normalize every image of one shard; write the shard (and PNGs). Returns counts."""
     table = load_studies(studies, shard)
@@ -313,6 +323,7 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
         Path(png_dir).mkdir(parents=True, exist_ok=True)
     for rec in progress(table.itertuples(index=False), len(table), f"normalize {shard}", log):
         try:
+            png = png_path(png_dir, rec.image_id) if png_dir else None
             image, transform, rad = normalize_file(rec.image_path, cfg)
         except Rejected as e:
             rejected["image_id"].append(rec.image_id)
@@ -326,8 +337,8 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
                            ("bits_stored", rad.bits_stored), ("voi", rad.voi),
                            ("conversion", rad.conversion)):
             rows[key].append(value)
-        if png_dir:
-            Image.fromarray(image).save(Path(png_dir) / f"{rec.image_id}.png")
+        if png:
+            Image.fromarray(image).save(png)
     size = cfg["size"]
     dtype = np.uint8 if cfg["bit_depth"] == 8 else np.uint16
     with ShardWriter(out, stage=STAGE, stage_version=STAGE_VERSIONS[STAGE], config=cfg, image_id=rows["image_id"],

@@ -4,6 +4,7 @@ checkpoint ingest:
     output:
         studies="results/ingest/studies.csv",
         plan="results/ingest/shards.json",
+        rejected="results/ingest/rejected.csv",
     log:
         "logs/ingest/ingest.log",
     benchmark:

@@ -1,5 +1,5 @@
-from pipeline.io import setup_logging
+from pipeline.io import logged
 from pipeline.stages import ingest
 
-setup_logging(snakemake.log[0])
-ingest.run(snakemake.params.cfg, snakemake.output.studies, snakemake.output.plan)
+with logged(snakemake.log[0]):
+    ingest.run(snakemake.params.cfg, snakemake.output.studies, snakemake.output.plan, snakemake.output.rejected)
