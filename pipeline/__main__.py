@@ -176,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "train":
         import os
 
-        from .io import setup_logging
+        from .io import logged
         from .stages import train
 
-        setup_logging(args.log if os.environ.get("RANK", "0") == "0" else None, append=True)
-        train.run(args.spec, args.threads)
+        with logged(args.log if os.environ.get("RANK", "0") == "0" else None, append=True):
+            train.run(args.spec, args.threads)
     elif args.command in ("zeroshot", "ground"):
         from . import predict
 

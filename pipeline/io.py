@@ -15,14 +15,38 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove `.<name>.tmp-<pid>` siblings of `path` that a killed write left (their process is gone)."""
+    path = Path(path)
+    stale = []
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+            stale.append(tmp)
+    return stale
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success rename it into place, on error remove it.
 
-    Same folder, so `os.replace` is atomic: a killed job leaves either the old file or none, never half.
+    Same folder, so `os.replace` is atomic: a killed job leaves either the old file or none, never half. The
+    temporary file of a write that was killed (SIGKILL, power loss) is removed by the next write of the same path.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
         yield tmp
@@ -62,6 +86,21 @@ def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO,
     for noisy in ("openjpeg", "pylibjpeg", "jpeg_ls", "matplotlib", "PIL"):  # per-tile / per-file chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
     return logging.getLogger("pipeline")
+
+
+@contextlib.contextmanager
+def logged(log_path: str | Path | None, append: bool = False) -> Iterator[logging.Logger]:
+    """The body of a rule's script: logging set up (setup_logging), and the exception that stops the job written
+    into the log with its traceback before it is raised again, so that the log Snakemake points at says why."""
+    logger = setup_logging(log_path, append=append)
+    try:
+        yield logger
+    except Exception:
+        logger.exception("failed")
+        raise
+    finally:
+        for handler in logging.getLogger().handlers:
+            handler.flush()
 
 
 def files_sha256(paths) -> str:

@@ -158,7 +158,10 @@ class Shard:
     def f(self) -> h5py.File:
         if self._f is None or self._pid != os.getpid():
             # locking=False: read-only opens must work on network filesystems without flock
-            self._f = h5py.File(self.path, "r", locking=False)
+            try:
+                self._f = h5py.File(self.path, "r", locking=False)
+            except OSError as e:  # h5py's message (e.g. "truncated file: eof = ...") does not name the file
+                raise OSError(f"cannot read shard {self.path}: {e}") from e
             self._pid = os.getpid()
         return self._f
 

@@ -47,3 +47,38 @@ def test_progress_of_a_resumed_run_counts_from_where_it_stopped(monkeypatch, cap
     assert steps == list(range(150, 156))  # the total is the run's, the rate only this process's steps
     assert [r.getMessage() for r in caplog.records] == ["train student: 153/156 steps, 0.1 steps/s, ETA 30s",
                                                         "train student: 156/156 steps, 0.1 steps/s, ETA 0s"]
+
+
+def test_temporary_file_of_a_killed_write_is_removed_by_the_next_write(tmp_path):
+    import subprocess
+    import sys
+
+    # a write killed with SIGKILL leaves its temporary file behind (no finally runs)
+    code = ("import os, signal, sys\nfrom pipeline.io import atomic_path\n"
+            "with atomic_path(sys.argv[1]) as tmp:\n    tmp.write_text('half')\n    os.kill(os.getpid(), signal.SIGKILL)\n")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "shard.h5")])
+    assert [p.name for p in tmp_path.iterdir()][0].startswith(".shard.h5.tmp-")
+    alive = tmp_path / f".shard.h5.tmp-{os.getppid()}"  # a write still running in another process is left alone
+    alive.write_text("busy")
+    with atomic_path(tmp_path / "shard.h5") as tmp:
+        tmp.write_text("whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "shard.h5"]
+
+
+def test_the_error_that_stops_a_rule_is_in_its_log(tmp_path):
+    log = tmp_path / "logs" / "normalize" / "shard-00000.log"
+    with pytest.raises(ValueError):
+        with pipeline.io.logged(log):
+            raise ValueError("percentile out of range")
+    text = log.read_text()
+    assert "Traceback" in text and "ValueError: percentile out of range" in text
+
+
+def test_every_rule_script_logs_its_error():
+    from pathlib import Path
+
+    scripts = sorted((Path(pipeline.io.__file__).parent.parent / "workflow" / "scripts").glob("*.py"))
+    assert scripts
+    for script in scripts:
+        text = script.read_text()
+        assert "with logged(snakemake.log[0]):" in text and "setup_logging" not in text, script.name

@@ -111,3 +111,11 @@ def test_reader_reopens_in_a_new_process(tmp_path):
 def _ids(shard):
     return shard.image_ids
 
+
+
+def test_a_truncated_shard_is_named_in_the_error(tmp_path):
+    path = tmp_path / "normalize" / "shard-00003.h5"
+    write(path)
+    path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(OSError, match=r"shard-00003\.h5.*truncated file"):
+        len(Shard(path))

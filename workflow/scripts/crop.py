@@ -1,5 +1,5 @@
-from pipeline.io import setup_logging
+from pipeline.io import logged
 from pipeline.stages import crop
 
-setup_logging(snakemake.log[0])
-crop.run(snakemake.input.normalized, snakemake.input.segmented, snakemake.output.shard, snakemake.params.cfg)
+with logged(snakemake.log[0]):
+    crop.run(snakemake.input.normalized, snakemake.input.segmented, snakemake.output.shard, snakemake.params.cfg)

@@ -1,6 +1,6 @@
-from pipeline.io import setup_logging
+from pipeline.io import logged
 from pipeline.stages import embed_teacher
 
-setup_logging(snakemake.log[0])
-embed_teacher.embed_concepts(snakemake.input.teacher, snakemake.output.concepts, snakemake.params.cfg,
-                             threads=snakemake.threads)
+with logged(snakemake.log[0]):
+    embed_teacher.embed_concepts(snakemake.input.teacher, snakemake.output.concepts, snakemake.params.cfg,
+                                 threads=snakemake.threads)

@@ -1,7 +1,7 @@
-from pipeline.io import setup_logging
+from pipeline.io import logged
 from pipeline.model_spec import parse_key
 from pipeline.stages import model_inputs
 
-setup_logging(snakemake.log[0])
-size, interpolation = parse_key(snakemake.wildcards.key)
-model_inputs.run(snakemake.input.normalized, snakemake.output.shard, size, interpolation)
+with logged(snakemake.log[0]):
+    size, interpolation = parse_key(snakemake.wildcards.key)
+    model_inputs.run(snakemake.input.normalized, snakemake.output.shard, size, interpolation)

@@ -1,7 +1,7 @@
-from pipeline.io import setup_logging
+from pipeline.io import logged
 from pipeline.stages import normalize
 
-setup_logging(snakemake.log[0])
-cfg = snakemake.params.cfg
-normalize.run(snakemake.input.studies, snakemake.wildcards.shard, snakemake.output.shard,
-              snakemake.output.png if cfg["write_png"] else None, cfg)
+with logged(snakemake.log[0]):
+    cfg = snakemake.params.cfg
+    normalize.run(snakemake.input.studies, snakemake.wildcards.shard, snakemake.output.shard,
+                  snakemake.output.png if cfg["write_png"] else None, cfg)
