@@ -6,9 +6,12 @@ CLIP's logit scale clamped to 100, autocast on CUDA (bf16, else fp16 with a Grad
 checkpointing, frozen tower layers, channels-last and torch.compile (configure_memory), one `metrics.jsonl` line per step with every loss
 term, atomic checkpoints every `checkpoint_every` steps holding model, optimizer, step and config.
 
-Resuming: batch order, flips and concept subsets are pure functions of (seed, step), so a run killed after a
-checkpoint and started again ends with the same weights as one that was never stopped. A checkpoint made under
-another config is not resumed.
+Resuming: batch order, flips and concept subsets are pure functions of (seed, step), and the checkpoint holds
+the rest of the state (model, AdamW, GradScaler, torch's RNG states, the metrics history), so a run killed after
+a checkpoint and started again ends with the same weights as one that was never stopped, on the same hardware
+and torch thread count (a float sum split over another number of threads rounds differently: the last bits).
+A checkpoint made under another config is not resumed. Checkpoints are tensors and plain values only and load
+with `torch.load(weights_only=True)`: a planted pickle is refused, never run.
 
 Several processes: started by `torchrun`, each process takes every world_size-th example of the step's batch and
 DistributedDataParallel averages the gradients (NCCL on GPUs, gloo on CPUs). Contrastive losses see the process's
@@ -254,13 +257,45 @@ def step_loader(batches, cfg: dict, start: int, rank: int, world: int, pin: bool
     return torch.utils.data.DataLoader(
         StepBatches(batches, cfg, start, rank, world), batch_size=None, shuffle=False, num_workers=workers,
         prefetch_factor=cfg.get("prefetch_factor", 2) if workers else None, pin_memory=pin,
-        worker_init_fn=_worker_init if workers else None)
+        worker_init_fn=_worker_init if workers else None,
+        # its own generator: starting the loader must not draw from torch's global RNG (dropout's), which a
+        # resumed run restores from the checkpoint
+        generator=torch.Generator().manual_seed(cfg["seed"]))
 
 
-def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict, best: dict | None = None) -> None:
+def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """torch's global RNG states as tensors (what dropout draws from)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict, best: dict | None = None,
+                    scaler: torch.amp.GradScaler | None = None, history: list[dict] | None = None) -> None:
+    """Everything a resumed run needs, as tensors and plain values (it loads with weights_only=True)."""
     with atomic_path(path) as tmp:
         torch.save({"step": step, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "config": cfg, "config_sha256": config_sha256(cfg), "best": best}, tmp)
+                    "config": cfg, "config_sha256": config_sha256(cfg), "best": best,
+                    "scaler": scaler.state_dict() if scaler is not None else {}, "rng": rng_state(),
+                    "threads": torch.get_num_threads(), "metrics": history or []}, tmp)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict | None:
+    """A checkpoint's contents, or None when it cannot be loaded as tensors and plain values (a planted or foreign
+    pickle is refused, its code never run)."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001  an unsafe or unreadable file is not resumed, whatever went wrong
+        log.warning("checkpoint %s not resumed: it does not load as tensors and plain values (%s: %s)", path,
+                    type(e).__name__, str(e).splitlines()[0][:200])
+        return None
 
 
 @torch.no_grad()
@@ -333,27 +368,34 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
                                               ) if world > 1 else step_module
     optimizer = torch.optim.AdamW(param_groups(clip, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
 
-    ckpt_path, metrics_path = out_dir / "checkpoints" / "last.pt", out_dir / "metrics.jsonl"
-    start, best = 0, None  # best: {"step", "val_loss", "state_dict"} of the best validated step
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt.get("config_sha256") == config_sha256(cfg):
-            clip.load_state_dict(ckpt["state_dict"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            start, best = ckpt["step"], ckpt.get("best")
-            log.info("resuming from step %d", start)
-        else:
-            log.info("checkpoint %s was made under another config; starting afresh", ckpt_path)
-    if rank == 0:
-        lines = metrics_path.read_text().splitlines() if start and metrics_path.exists() else []
-        lines = [ln for ln in lines if json.loads(ln)["step"] < start]  # drop steps after the checkpoint
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        metrics_path.write_text("".join(ln + "\n" for ln in lines))
-
     amp_dtype = precision(cfg, device)
     autocast = torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
     # fp16 needs its gradients scaled (bf16 has float32's range and does not)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    ckpt_path, metrics_path = out_dir / "checkpoints" / "last.pt", out_dir / "metrics.jsonl"
+    start, best = 0, None  # best: {"step", "val_loss", "state_dict"} of the best validated step
+    history: list[dict] = []  # every step's metrics record; kept in the checkpoint
+    ckpt = load_checkpoint(ckpt_path, device) if ckpt_path.exists() else None
+    if ckpt is not None and ckpt.get("config_sha256") != config_sha256(cfg):
+        log.info("checkpoint %s was made under another config; starting afresh", ckpt_path)
+    elif ckpt is not None:
+        clip.load_state_dict(ckpt["state_dict"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        if "rng" in ckpt:
+            set_rng_state(ckpt["rng"])
+        start, best, history = ckpt["step"], ckpt.get("best"), list(ckpt.get("metrics", []))
+        log.info("resuming from step %d", start)
+        if ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
+            log.warning("the checkpoint was made with %d torch threads, this run has %d: float sums split over "
+                        "another number of threads round differently, so the weights may differ from an "
+                        "uninterrupted run in the last bits", ckpt["threads"], torch.get_num_threads())
+    if rank == 0:  # the history before the checkpoint, whatever happened to metrics.jsonl since
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(metrics_path) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
     if cfg.get("compile"):
         net = torch.compile(net)
     t0, terms_sum = time.perf_counter(), {}
@@ -396,10 +438,11 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
                     if best is None or record["val_loss"] < best["val_loss"]:
                         best = {"step": done, "val_loss": record["val_loss"],
                                 "state_dict": {k: v.detach().cpu().clone() for k, v in clip.state_dict().items()}}
+                history.append(record)
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 if done % cfg["checkpoint_every"] == 0 or done == cfg["steps"]:
-                    save_checkpoint(ckpt_path, clip, optimizer, done, cfg, best)
+                    save_checkpoint(ckpt_path, clip, optimizer, done, cfg, best, scaler, history)
                 if step % 20 == 0 or done == cfg["steps"]:
                     log.info("step %d/%d loss %.4f lr %.2e (%.0f s)", done, cfg["steps"], terms_sum["total_loss"],
                              record["lr"], time.perf_counter() - t0)

@@ -76,3 +76,68 @@ def test_schedule_and_batches():
     first, second = batch_indices(0, 10, 4, 0), batch_indices(1, 10, 4, 0)
     assert len(set(first) | set(second)) == 8  # one epoch draws without repeats
     assert np.array_equal(batch_indices(5, 10, 4, 0), batch_indices(5, 10, 4, 0))
+
+
+class _Planted:
+    """A pickle that runs code when unpickled (what a planted checkpoint does)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+def test_a_pickle_planted_as_the_checkpoint_is_refused_not_run(tmp_path, pairs, cfg, caplog):
+    marker = tmp_path / "code-ran"
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 3, "payload": _Planted(str(marker))}, tmp_path / "run" / "checkpoints" / "last.pt")
+    with caplog.at_level("WARNING", logger="pipeline.trainer"):
+        fit_global(pairs, cfg, tmp_path / "run")
+    assert not marker.exists()
+    assert "not resumed" in caplog.text
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(6))  # trained afresh
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)  # tensors and plain values
+    assert ckpt["step"] == 6 and isinstance(ckpt["rng"]["torch"], torch.Tensor)
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    import re
+    from pathlib import Path
+
+    import pipeline
+
+    for path in Path(pipeline.__file__).parent.rglob("*.py"):
+        for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
+            assert "weights_only=True" in call, f"{path.name}: {call}"
+
+
+def test_metrics_history_before_the_checkpoint_survives_a_rerun_that_deleted_it(tmp_path, pairs, cfg):
+    fit_global(pairs, cfg, tmp_path / "straight")
+    fit_global(pairs, cfg, tmp_path / "killed", stop_after=4)
+    (tmp_path / "killed" / "metrics.jsonl").unlink()  # Snakemake removes an incomplete job's outputs
+    fit_global(pairs, cfg, tmp_path / "killed")
+    straight, resumed = ([json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+                         for run in ("straight", "killed"))
+    assert [r["step"] for r in resumed] == list(range(6))
+    assert resumed[:3] == straight[:3]
+
+
+def test_resume_restores_torch_rng_for_dropout(tmp_path, pairs, cfg, monkeypatch):
+    from pipeline import trainer
+
+    forward = trainer.CLIPTrainStep.forward
+
+    def noisy(self, batch):  # like dropout: the update depends on torch's global RNG
+        terms = forward(self, batch)
+        return {**terms, "total_loss": terms["total_loss"] * (1 + torch.rand(()))}
+
+    monkeypatch.setattr(trainer.CLIPTrainStep, "forward", noisy)
+    fit_global(pairs, cfg, tmp_path / "straight")
+    fit_global(pairs, cfg, tmp_path / "killed", stop_after=4)
+    fit_global(pairs, cfg, tmp_path / "killed")
+    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
