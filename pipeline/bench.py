@@ -99,8 +99,11 @@ def bench_parse_reports(n: int) -> dict:
                                                     / "report_sentences.txt")
     hand = score.score(hand_gold, [score.by_observation(r.phrases)
                                    for r in pr.parse_reports(sentences, cfg["parse_reports"])])
+    reports, labeler_gold = score.read_label_file(Path(__file__).resolve().parent.parent / "tests" / "data"
+                                                  / "chexpert_style_reports.txt")
+    labeler = score.label_agreement(labeler_gold, [r.labels for r in pr.parse_reports(reports, cfg["parse_reports"])])
     return {"reports": len(table), "seconds": dt, "reports_s": len(table) / dt, "synthetic": synthetic,
-            "hand_written": hand}
+            "hand_written": hand, "chexpert_style": labeler}
 
 
 def bench_real_reports(reports: pd.DataFrame, gold_table: str | Path, misses: int = 0,
@@ -370,6 +373,11 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
               f"{res['reports_s']:.0f} reports/s (target >= 100)")
         for name in ("synthetic", "hand_written"):
             print(f"  {name}: " + _figures(res[name]))
+        lab = res["chexpert_style"]
+        print(f"  CheXpert-labeler-style reports ({lab['reports']}, tests/data/chexpert_style_reports.txt), study "
+              f"labels under parse_reports.hedge = {config.load()['parse_reports']['hedge']}: agreement "
+              f"{lab['agreement']:.3f} of the {lab['labelled_cells']} labelled cells, {lab['agreement_either']:.3f} "
+              f"of the {lab['cells_either']} cells either labels (target >= 0.92)")
     else:
         res = bench_synthesize(n or 20, size or config.load()["data"]["synthetic"]["image_size"])
         print(f"synthesize: {res['studies']} studies ({res['images']} images, {res['image_rows']} rows) "

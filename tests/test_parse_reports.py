@@ -13,6 +13,7 @@ from pipeline.reports import score
 from pipeline.stages import parse_reports as pr
 
 SENTENCES = Path(__file__).parent / "data" / "report_sentences.txt"
+CHEXPERT_STYLE = Path(__file__).parent / "data" / "chexpert_style_reports.txt"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,46 @@ def test_hand_written_sentence_set_meets_the_targets(cfg):
     assert figures["negation_accuracy"] >= 0.95
     assert figures["laterality_accuracy"] >= 0.95
     assert figures["uncertainty_accuracy"] >= 0.90
+
+
+def test_labels_agree_with_the_chexpert_labelers_rules_on_a_labeler_style_set(cfg):
+    reports, gold = score.read_label_file(CHEXPERT_STYLE)
+    assert len(reports) >= 120
+    figures = score.label_agreement(gold, [r.labels for r in pr.parse_reports(reports, cfg)])
+    print({k: v for k, v in figures.items() if k != "differ"}, [(reports[i], *rest) for i, *rest in figures["differ"]])
+    assert figures["labelled_cells"] >= 240
+    assert figures["agreement"] >= 0.95 and figures["agreement_either"] >= 0.95
+    # under the two-grade hedge, the possibilities go unlabelled: far from the labeler
+    two = score.label_agreement(gold, [r.labels for r in pr.parse_reports(reports, {**cfg, "hedge": "two_grade"})])
+    assert two["agreement"] < 0.90
+
+
+def test_label_agreement_counts_cells_by_hand():
+    nan = float("nan")
+    blank = {o: nan for o in OBSERVATIONS}
+    gold = [{**blank, "Edema": 1.0, "No Finding": nan}, {**blank, "Pneumothorax": 0.0, "No Finding": 1.0}]
+    pred = [{**blank, "Edema": -1.0}, {**blank, "Pneumothorax": 0.0, "No Finding": 1.0, "Cardiomegaly": 0.0}]
+    f = score.label_agreement(gold, pred)
+    assert (f["labelled_cells"], f["cells_either"]) == (3, 4)
+    assert f["agreement"] == pytest.approx(2 / 3) and f["agreement_either"] == pytest.approx(2 / 4)
+    assert [d[:2] for d in f["differ"]] == [(0, "Edema"), (1, "Cardiomegaly")]
+
+
+@pytest.mark.parametrize("sentence,negated", [
+    ("Heart size normal.", ["Cardiomegaly"]),
+    ("Normal cardiomediastinal silhouette.", ["Enlarged Cardiomediastinum"]),
+    ("Heart size and mediastinal contours are within normal limits.", ["Cardiomegaly", "Enlarged Cardiomediastinum"]),
+    ("The heart is normal in size and the lungs are clear.", ["Cardiomegaly"]),
+    ("Normal size of the heart.", ["Cardiomegaly"]),
+    ("The lungs are clear.", []),  # the labeler has no mention in it: no label
+    ("Heart size is at the upper limits of normal.", []),
+    ("The heart is not normal in size.", []),
+])
+def test_normal_statements_negate_what_the_chexpert_labeler_negates(cfg, sentence, negated):
+    rep = pr.parse_reports([sentence], cfg)[0]
+    assert sorted(o for o, v in rep.labels.items() if v == 0.0) == negated
+    assert rep.labels["No Finding"] == 1.0
+    assert all(p.negated and p.laterality == "" for p in rep.phrases)
 
 
 def test_scorer_counts_misses_and_wrong_attributes():

@@ -128,6 +128,31 @@ NORMAL_TERMS: dict[str, list[str]] = {
     ],
 }
 
+# Normal statements about the heart and the mediastinum in the forms reports use, which the CheXpert labeler
+# reads as negative (its mentions "heart size", "cardiac silhouette", "mediastinum", "cardiomediastinal ..."
+# negated by "normal", "unremarkable", "within normal limits", "not enlarged"): "Heart size normal.", "Heart
+# size and mediastinal contours are normal.", "Normal cardiomediastinal silhouette.", "The heart and mediastinum
+# are within normal limits." Each subject named in the statement gives its observation 0; "lungs are clear"
+# names neither (the labeler has no mention in it, so no label). Regular expressions on the lower-cased
+# sentence (`NORMAL_STATEMENT`); the verb may only be a copula, so "heart size is upper limits of normal" and
+# "heart size is not normal" do not match.
+_HEART_SUBJECT = r"(?:heart|cardiac)(?: size| silhouette| contours?| shadow| borders?)?"
+_MEDIASTINUM_SUBJECT = (r"(?:cardio-?mediastinal|mediastinal)(?: and hilar)?(?: silhouettes?| contours?| width|"
+                        r" structures)?|mediastinum")
+_OTHER_SUBJECT = (r"(?:pulmonary )?(?:vascularity|vasculature)|hila|hilar (?:contours|structures)|lungs|"
+                  r"pleural spaces|(?:bony|osseous) structures")
+_SUBJECT = rf"(?:the )?(?:{_MEDIASTINUM_SUBJECT}|{_HEART_SUBJECT}|{_OTHER_SUBJECT})"
+_SUBJECTS = rf"{_SUBJECT}(?:(?:,| and|, and|/) {_SUBJECT})*"
+_COPULA = r"(?: (?:is|are|appears?|appear to be|remains?|again|otherwise|both|all|overall|xxxx))*"
+_NORMAL_PREDICATE = (r"(?:normal(?: in (?:size|contour|size and contour|appearance))?|unremarkable|"
+                     r"within (?:the )?normal (?:limits|range)|of normal size|normal size|not enlarged)")
+NORMAL_STATEMENT = [
+    rf"\b(?P<subjects>{_SUBJECTS}){_COPULA} {_NORMAL_PREDICATE}\b",
+    rf"\b(?:normal|normal-sized|normal sized|normal size(?: of)?)(?: the)? (?P<subjects>{_SUBJECTS})\b",
+]
+NORMAL_SUBJECTS = {"Enlarged Cardiomediastinum": rf"\b(?:{_MEDIASTINUM_SUBJECT})\b",
+                   "Cardiomegaly": rf"\b(?:{_HEART_SUBJECT})\b"}
+
 NEGATION_CUES = {
     "preceding_negations": [
         "no", "not", "without", "negative for", "no evidence of", "no evidence for", "no signs of", "no sign of",

@@ -107,6 +107,49 @@ def read_sentence_file(path: str | Path) -> tuple[list[str], list[dict]]:
     return sentences, gold
 
 
+def read_label_file(path: str | Path) -> tuple[list[str], list[dict[str, float]]]:
+    """`report | Observation:label; ...` lines (label 1 / 0 / -1; observations not named are blank), the study
+    labels a labeler gives each report (see tests/data/chexpert_style_reports.txt)."""
+    reports, gold = [], []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        report, _, expected = line.partition("|")
+        labels = {o: float("nan") for o in OBSERVATIONS}
+        for item in filter(None, (e.strip() for e in expected.split(";"))):
+            obs, value = (x.strip() for x in item.rsplit(":", 1))
+            if obs not in labels:
+                raise ValueError(f"{path}: unknown observation {obs!r}")
+            labels[obs] = float(value)
+        reports.append(report.strip())
+        gold.append(labels)
+    return reports, gold
+
+
+def label_agreement(gold: list[dict[str, float]], predicted: list[dict[str, float]]) -> dict:
+    """How far two labelers' study labels agree, cell by cell (report x observation): `agreement` on the cells
+    the gold labels (1, 0 or -1), `agreement_either` on the cells either labels (a label the gold leaves blank
+    counts against), and the cells that differ as (report index, observation, gold, predicted)."""
+    same = lambda a, b: a == b or (a != a and b != b)  # noqa: E731  (NaN equals NaN: both blank)
+    labelled = either = agree = agree_either = 0
+    differ = []
+    for i, (g, p) in enumerate(zip(gold, predicted)):
+        for o in OBSERVATIONS:
+            a, b = g[o], p[o]
+            if a != a and b != b:
+                continue
+            either += 1
+            agree_either += same(a, b)
+            if a == a:
+                labelled += 1
+                agree += same(a, b)
+            if not same(a, b):
+                differ.append((i, o, a, b))
+    div = lambda a, b: a / b if b else float("nan")  # noqa: E731
+    return {"reports": len(gold), "labelled_cells": labelled, "agreement": div(agree, labelled),
+            "cells_either": either, "agreement_either": div(agree_either, either), "differ": differ}
+
+
 def synthetic_gold(phrases_csv: str | Path) -> dict[tuple[str, str], dict]:
     """Gold per (study_id, sentence) from the synthetic ground truth's phrases.csv."""
     gt = pd.read_csv(phrases_csv, dtype={"study_id": str}, keep_default_na=False)

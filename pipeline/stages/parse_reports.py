@@ -201,7 +201,32 @@ def phrases_of(doc, section: str, sentence_offset: int = 0) -> list[Phrase]:
         size = next((lx.SIZES[w] for w in words if w in lx.SIZES), "")
         out.append(Phrase(section, sentence_offset + index[ent.sent.start], ent.sent.text, phrase or ent.text,
                           ent.label_, negated, uncertain, side, zone, size, hedge if uncertain else ""))
+    for i, sent in enumerate(sents):
+        named = {p.observation for p in out if p.sentence_index == sentence_offset + i}
+        out += [Phrase(section, sentence_offset + i, sent.text, text, obs, True, False, "", "", "")
+                for obs, text in normal_statements(sent.text) if obs not in named]
     return out
+
+
+_NORMAL = [re.compile(p) for p in lx.NORMAL_STATEMENT]
+_NORMAL_SUBJECTS = {o: re.compile(p) for o, p in lx.NORMAL_SUBJECTS.items()}
+
+
+def normal_statements(sentence: str) -> list[tuple[str, str]]:
+    """(observation, statement) for each observation a normal statement negates: "Heart size and mediastinal
+    contours are normal." -> Cardiomegaly and Enlarged Cardiomediastinum (`lexicon.NORMAL_STATEMENT`)."""
+    text = " ".join(sentence.lower().split())
+    found: dict[str, str] = {}
+    for pattern in _NORMAL:
+        for m in pattern.finditer(text):
+            subjects = m.group("subjects")
+            for obs, subject in _NORMAL_SUBJECTS.items():
+                # "cardiomediastinal silhouette" is the mediastinum's, not the heart's
+                rest = _NORMAL_SUBJECTS["Enlarged Cardiomediastinum"].sub(" ", subjects) if obs == "Cardiomegaly" \
+                    else subjects
+                if subject.search(rest):
+                    found.setdefault(obs, m.group(0))
+    return list(found.items())
 
 
 @dataclass
