@@ -56,6 +56,16 @@ def test_label_agreement_counts_cells_by_hand():
     assert [d[:2] for d in f["differ"]] == [(0, "Edema"), (1, "Cardiomegaly")]
 
 
+@pytest.mark.parametrize("sentence,hedge", [
+    ("Left upper lobe opacity, most suggestive of pneumonia.", "probable"),
+    ("Left upper lobe opacity, strongly suggestive of pneumonia.", "probable"),
+    ("Left upper lobe opacity, suggestive of pneumonia.", "possible"),
+    ("In the appropriate clinical setting, the opacity is compatible with pneumonia.", "possible"),
+])
+def test_hedge_grades_of_real_wording(cfg, sentence, hedge):
+    assert [p.hedge for p in pr.parse_reports([sentence], cfg)[0].phrases if p.observation == "Pneumonia"] == [hedge]
+
+
 @pytest.mark.parametrize("sentence,negated", [
     ("Heart size normal.", ["Cardiomegaly"]),
     ("Normal cardiomediastinal silhouette.", ["Enlarged Cardiomediastinum"]),
@@ -112,6 +122,13 @@ def test_scorer_counts_misses_and_wrong_attributes():
     ("The costophrenic angles are sharp.", [("Pleural Effusion", True, False)]),
     ("No XXXX pneumothorax.", [("Pneumothorax", True, False)]),
     ("Please correlate clinically for pneumonia.", [("Pneumonia", False, True)]),
+    # Pneumonia and Pneumothorax in the words of real reports (written for this test)
+    ("Right lower lobe opacity with volume loss, in keeping with pneumonitis.", [("Lung Opacity", False, False),
+                                                                                 ("Pneumonia", False, False)]),
+    ("Clinically correlate for signs and symptoms of infection.", []),
+    ("Small loculated right hydropneumothorax.", []),
+    ("A skin fold simulating a pneumothorax projects over the left apex.", [("Pneumothorax", True, False)]),
+    ("Underlying infection cannot be entirely excluded.", [("Pneumonia", False, True)]),
 ])
 def test_negation_uncertainty_and_scope(cfg, sentence, expected):
     got = [(p.observation, p.negated, p.uncertain) for p in pr.parse_reports([sentence], cfg)[0].phrases]

@@ -71,10 +71,11 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
     ],
     "Pneumonia": [
         "pneumonia", "pneumonias", "pna", "bronchopneumonia", "infectious process", "infection", "infections",
-        "aspiration pneumonia", "lobar pneumonia", "pneumonic", "pneumonic infiltrate",
+        "aspiration pneumonia", "lobar pneumonia", "pneumonic", "pneumonic infiltrate", "pneumonitis",
+        "aspiration pneumonitis", "bronchopneumonic",
     ],
     "Pneumothorax": [
-        "pneumothorax", "pneumothoraces", "pneumothoraxes", "ptx", "hydropneumothorax",
+        "pneumothorax", "pneumothoraces", "pneumothoraxes", "ptx",
         "lucency without lung markings",
         "apical lucency", "visceral pleural line",
     ],
@@ -97,6 +98,11 @@ OTHER_TERMS = [
     "granulomatous infection", "granulomatous infections", "granulomatous disease", "granulomatous process",
     "tuberculous infection", "tuberculosis infection", "histoplasmosis infection", "prior infection",
     "previous infection", "old infection", "remote infection",
+    # air and fluid together is its own finding for the experts (IU's MeSH "Hydropneumothorax"; NegBio's gold
+    # does not count it as a pneumothorax)
+    "hydropneumothorax", "hydropneumothoraces", "hydro-pneumothorax",
+    # a clinical question, not a finding ("correlate for symptoms of infection")
+    "symptoms of infection", "signs and symptoms of infection", "tuberculosis pneumonia",
     # edema outside the lungs
     "soft tissue edema", "subcutaneous edema", "soft tissue swelling",
     # masses and lesions outside the lung (CheXpert's Lung Lesion is a lung parenchymal lesion)
@@ -158,7 +164,8 @@ NEGATION_CUES = {
         "no", "not", "without", "negative for", "no evidence of", "no evidence for", "no signs of", "no sign of",
         "absence of", "absent", "free of", "clear of", "no radiographic evidence of", "no definite", "no new",
         "resolution of", "resolved", "removal of", "interval removal of", "no findings of", "rules out",
-        "no focal", "there is no", "there are no", "nor",
+        "no focal", "there is no", "there are no", "nor", "simulating", "simulating a", "mimicking",
+        "mimicking a", "not to be confused with", "rather than",
     ],
     "following_negations": [
         "is not seen", "are not seen", "not seen", "is not identified", "are not identified", "not identified",
@@ -200,16 +207,21 @@ UNCERTAINTY_CUES = {
         "assess for", "to exclude", "rule out", "to rule out", "rule-out", "obscure", "obscuring", "less likely",
         "versus less likely", "or less likely", "alternatively", "other etiologies", "include", "includes",
         "including", "regarding", "sequela of", "sequelae of", "residua of", "if",
+        "in the appropriate clinical setting", "in the proper clinical setting", "in the correct clinical setting",
+        "in the right clinical setting", "given the appropriate clinical setting",
     ],
     "following_negations": [
         "cannot be excluded", "can not be excluded", "not excluded", "is not excluded", "are not excluded",
         "cannot be ruled out", "can not be ruled out", "not be ruled out", "not ruled out", "is possible",
         "is suspected", "are suspected", "?", "is questioned", "not be excluded", "is considered",
         "difficult to exclude", "difficult to entirely exclude", "not entirely excluded", "may be present",
-        "could be present", "are possible", "is not entirely excluded", "less likely",
+        "could be present", "are possible", "is not entirely excluded", "less likely", "cannot be entirely excluded",
+        "can not be entirely excluded", "cannot be completely excluded", "cannot be totally excluded",
+        "not completely excluded", "cannot be entirely ruled out", "cannot be completely ruled out",
     ],
     # "no opacity to suggest pneumonia": the negation governs
-    "pseudo_negations": ["no possible", "unlikely", "to suggest", "to suggest a", "to suggest an"],
+    "pseudo_negations": ["no possible", "unlikely", "to suggest", "to suggest a", "to suggest an",
+                         "most suggestive of", "strongly suggestive of", "highly suggestive of"],
     "termination": [
         "but", "however", "although", "though", "except", "which", "while", "whereas", "no", "without",
         "there is", "there are",
@@ -218,7 +230,8 @@ UNCERTAINTY_CUES = {
 PROBABLE_CUES = {
     "preceding_negations": [
         "probable", "probably", "likely", "most likely", "versus", "vs", "vs.", "borderline", "presumed",
-        "presumably", "favor", "favored", "strongly suggestive of", "most consistent with",
+        "presumably", "favor", "favored", "strongly suggestive of", "most consistent with", "most suggestive of",
+        "highly suggestive of",
     ],
     "following_negations": ["versus", "vs", "vs.", "is likely", "is probable", "are likely", "likely", "favored"],
     "pseudo_negations": ["less likely", "unlikely", "not likely"],
