@@ -9,7 +9,8 @@ term, atomic checkpoints every `checkpoint_every` steps holding model, optimizer
 Resuming: batch order, flips and concept subsets are pure functions of (seed, step), and the checkpoint holds
 the rest of the state (model, AdamW, GradScaler, torch's RNG states, the metrics history), so a run killed after
 a checkpoint and started again ends with the same weights as one that was never stopped, on the same hardware
-and torch thread count (a float sum split over another number of threads rounds differently: the last bits).
+(a resumed run keeps the checkpoint's torch thread count: a float sum split over another number of threads
+rounds differently, and an uninterrupted run's weights belong to its thread count).
 A checkpoint made under another config is not resumed. Checkpoints are tensors and plain values only and load
 with `torch.load(weights_only=True)`: a planted pickle is refused, never run.
 
@@ -389,9 +390,12 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
         start, best, history = ckpt["step"], ckpt.get("best"), list(ckpt.get("metrics", []))
         log.info("resuming from step %d", start)
         if ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
-            log.warning("the checkpoint was made with %d torch threads, this run has %d: float sums split over "
-                        "another number of threads round differently, so the weights may differ from an "
-                        "uninterrupted run in the last bits", ckpt["threads"], torch.get_num_threads())
+            # a float sum split over another number of threads rounds differently (1 ulp, 1.2e-7, from the first
+            # step on): the run's numbers belong to its thread count, so the resumed run keeps it
+            log.warning("the checkpoint was made with %d torch threads, this process was given %d: resuming with "
+                        "%d, so that the weights are those of an uninterrupted run", ckpt["threads"],
+                        torch.get_num_threads(), ckpt["threads"])
+            torch.set_num_threads(ckpt["threads"])
     if rank == 0:  # the history before the checkpoint, whatever happened to metrics.jsonl since
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(metrics_path) as tmp:
