@@ -2,14 +2,19 @@
 
 The schema lives in `workflow/schemas/config.schema.yaml`; every section rejects unknown keys so a typo
 stops the run before any job starts. Snakemake's `--config a=b` gives nested values as strings, so values
-are coerced to the schema's type (YAML syntax) before validation.
+are coerced to the schema's type (YAML syntax) before validation. Beyond the schema, values whose combination
+makes no sense (percentiles in the wrong order) and every input path that config names (data.root, weights,
+mask tables, the spaCy model, pinned manifests, benchmark folders) are checked here, before any job: relative
+paths are read against the working directory (Snakemake's --directory).
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +79,8 @@ def validate(config: dict) -> dict:
     total = split["train"] + split["validate"] + split["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"config key data.split: fractions must add up to 1, got {total:g}")
+    _check_values(cfg)
+    _check_paths(cfg)
     _check_model("teacher.model", cfg["teacher"]["model"], cfg["teacher"]["weights"], weights_key="teacher.weights")
     _check_model("train.model", cfg["train"]["model"])
     _check_init("train.init", cfg["train"]["init"])
@@ -108,6 +115,71 @@ def validate(config: dict) -> dict:
         if name not in cfg["evaluate"]["runs"]:
             raise ConfigError(f"config key evaluate.crop_baselines: {name} is not a run of evaluate.runs")
     return cfg
+
+
+def _check_values(cfg: dict) -> None:
+    """Values each valid alone whose combination makes no sense."""
+    lo, hi = cfg["normalize"]["percentile"]
+    if lo >= hi:
+        raise ConfigError(f"config key normalize.percentile: [{lo:g}, {hi:g}] must be [low, high] with low < high "
+                          f"(e.g. [0.5, 99.5]); the other way round every image would be blank")
+    least, most = cfg["data"]["synthetic"]["studies_per_patient"]
+    if least > most:
+        raise ConfigError(f"config key data.synthetic.studies_per_patient: [{least}, {most}] must be [min, max]")
+    if sum(cfg["data"]["synthetic"]["split"]) <= 0:
+        raise ConfigError("config key data.synthetic.split: the train / validate / test fractions add up to 0")
+    for i, pattern in enumerate(cfg["data"]["scrub_reports"]):
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ConfigError(f"config key data.scrub_reports.{i}: {pattern!r} is not a regular expression ({e})") from None
+
+
+def repository_path(path: str) -> Path:
+    """A relative path read against the working directory, else against the repository (where the default
+    config's pinned manifests live)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def _check_paths(cfg: dict) -> None:
+    """Every input path config names must exist now, not be found missing inside a job."""
+    def need(key: str, path: str, kind: str = "file or folder") -> None:
+        p = Path(path)
+        ok = p.is_file() if kind == "file" else p.is_dir() if kind == "folder" else p.exists()
+        if not ok:
+            raise ConfigError(f"config key {key}: {path} is not a {kind}" + ("" if p.exists() else " (not found)"))
+
+    data = cfg["data"]
+    if data["source"] != "synthetic":
+        if not data["root"]:
+            raise ConfigError(f"config key data.root: data.source {data['source']} needs data.root (the "
+                              f"{'table' if data['source'] == 'csv' else 'dataset folder'})")
+        need("data.root", data["root"], "file" if data["source"] == "csv" else "folder")
+    if data["chexpert"]["reports"]:
+        need("data.chexpert.reports", data["chexpert"]["reports"], "file")
+    spacy_model = cfg["parse_reports"]["spacy_model"]
+    if spacy_model and not Path(spacy_model).is_dir():
+        installed = "/" not in spacy_model and importlib.util.find_spec(spacy_model.replace("-", "_")) is not None
+        if not installed:
+            raise ConfigError(f"config key parse_reports.spacy_model: {spacy_model} is neither a model folder nor an "
+                              f"installed model package")
+    seg = cfg["segment"]
+    for key in ("weights", "encoder_weights"):
+        if seg[key]:
+            need(f"segment.{key}", seg[key], "file")
+    for i, source in enumerate(seg["train"]):
+        need(f"segment.train.{i}.path", source["path"])
+    if cfg["evaluate"]["manifests"] and not repository_path(cfg["evaluate"]["manifests"]).is_dir():
+        raise ConfigError(f"config key evaluate.manifests: {cfg['evaluate']['manifests']} is not a folder (pinned "
+                          f"evaluation sets); \"\" draws the sets afresh")
+    for name, bench in cfg["evaluate"]["benchmarks"].items():
+        if bench.get("root"):
+            need(f"evaluate.benchmarks.{name}.root", bench["root"], "folder")
+        if bench.get("images"):
+            need(f"evaluate.benchmarks.{name}.images", bench["images"], "folder")
+        if bench.get("prompts"):
+            need(f"evaluate.benchmarks.{name}.prompts", bench["prompts"], "file")
 
 
 def _check_model(key: str, name: str, weights: str | None = None, weights_key: str = "") -> None:
@@ -147,7 +219,9 @@ def run_config(cfg: dict, name: str) -> dict:
     `run@k` is run under the seed train.seed + k."""
     schema = load_schema()["properties"]["train"]
     base, _, k = name.partition("@")
-    overrides = cfg["evaluate"]["runs"].get(base, {})
+    if base not in cfg["evaluate"]["runs"] or (k and name not in seeded_runs(cfg)):
+        raise ConfigError(f"run {name} is not a run of evaluate.runs (runs: {', '.join(seeded_runs(cfg))})")
+    overrides = cfg["evaluate"]["runs"][base]
     run = {**cfg["train"], **_coerce(overrides, schema)}
     if k:
         run["seed"] = run["seed"] + int(k)

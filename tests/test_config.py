@@ -42,3 +42,59 @@ def test_split_fractions_must_add_to_one():
 def test_config_hash_ignores_key_order():
     assert config.config_sha256({"a": 1, "b": [1, 2]}) == config.config_sha256({"b": [1, 2], "a": 1})
     assert config.config_sha256({"a": 1}) != config.config_sha256({"a": 2})
+
+
+def test_percentiles_in_the_wrong_order_are_rejected():
+    with pytest.raises(config.ConfigError, match=r"normalize.percentile: \[99, 1\] must be \[low, high\]"):
+        config.load(overrides={"normalize": {"percentile": [99, 1]}})
+    with pytest.raises(config.ConfigError, match="studies_per_patient"):
+        config.load(overrides={"data": {"synthetic": {"studies_per_patient": [3, 1]}}})
+    with pytest.raises(config.ConfigError, match=r"data.scrub_reports.0: '\(Dr' is not a regular expression"):
+        config.load(overrides={"data": {"scrub_reports": ["(Dr"]}})
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"data": {"source": "csv"}}, "data.root: data.source csv needs data.root"),
+    ({"data": {"source": "csv", "root": "no/such/table.csv"}}, "data.root: no/such/table.csv is not a file"),
+    ({"data": {"source": "mimic-cxr", "root": "no/such/mimic"}}, "data.root: no/such/mimic is not a folder"),
+    ({"data": {"chexpert": {"reports": "no/plus.csv"}}}, "data.chexpert.reports"),
+    ({"segment": {"weights": "no/unet.pt"}}, "segment.weights: no/unet.pt is not a file"),
+    ({"segment": {"encoder_weights": "no/enc.pt"}}, "segment.encoder_weights"),
+    ({"segment": {"train": [{"format": "chexmask", "path": "no/MIMIC-CXR-JPG.csv.gz"}]}}, "segment.train.0.path"),
+    ({"parse_reports": {"spacy_model": "en_core_sci_smm"}}, "parse_reports.spacy_model: en_core_sci_smm is neither"),
+    ({"parse_reports": {"spacy_model": "models/en_core_sci_sm"}}, "parse_reports.spacy_model"),
+    ({"evaluate": {"manifests": "workflow/manifests/synthetic-defualt"}}, "evaluate.manifests: .* is not a folder"),
+    ({"evaluate": {"benchmarks": {"ms_cxr": {"root": "no/ms-cxr"}}}}, "evaluate.benchmarks.ms_cxr.root"),
+])
+def test_a_path_in_config_that_does_not_exist_is_rejected_before_any_job(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(overrides=overrides)
+
+
+def test_existing_paths_pass(tmp_path):
+    (tmp_path / "t.csv").write_text("image_path,patient_id,study_id\n")
+    (tmp_path / "unet.pt").write_bytes(b"")
+    (tmp_path / "spacy").mkdir()
+    cfg = config.load(overrides={"data": {"source": "csv", "root": str(tmp_path / "t.csv")},
+                                 "segment": {"weights": str(tmp_path / "unet.pt")},
+                                 "parse_reports": {"spacy_model": str(tmp_path / "spacy")}})
+    assert cfg["data"]["root"] == str(tmp_path / "t.csv")
+    assert config.load(overrides={"parse_reports": {"spacy_model": "pytest"}})  # an installed package name
+
+
+def test_an_unknown_run_name_is_rejected():
+    cfg = config.load()
+    assert config.run_config(cfg, "student@2")["seed"] == cfg["train"]["seed"] + 2
+    for name in ("nosuchrun", "no_roi@1", "student@3"):
+        with pytest.raises(config.ConfigError, match=f"run {name} is not a run of evaluate.runs"):
+            config.run_config(cfg, name)
+
+
+def test_the_workflow_refuses_an_unknown_run_target_and_a_bad_value_before_any_job(tmp_path):
+    from conftest import run_snakemake
+
+    proc = run_snakemake(tmp_path, "-n", "results/train/nosuchrun/model.pt", check=False)
+    assert proc.returncode != 0 and "results/train/nosuchrun/model.pt" in proc.stdout + proc.stderr
+    proc = run_snakemake(tmp_path, "-n", "train", "--config", "normalize={percentile: [99, 1]}", check=False)
+    assert proc.returncode != 0 and "normalize.percentile" in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()

@@ -214,8 +214,10 @@ def test_augmentation_moves_image_and_masks_together():
     assert inside > outside + 0.5  # the bright block is still where its mask went
 
 
-def test_segment_train_sources_are_checked_by_the_schema():
-    cfg = config.load(overrides={"segment": {"train": [{"format": "chexmask", "path": "MIMIC-CXR-JPG.csv.gz"}]}})
+def test_segment_train_sources_are_checked_by_the_schema(tmp_path):
+    (tmp_path / "MIMIC-CXR-JPG.csv.gz").write_bytes(b"")
+    cfg = config.load(overrides={"segment": {"train": [{"format": "chexmask",
+                                                        "path": str(tmp_path / "MIMIC-CXR-JPG.csv.gz")}]}})
     assert cfg["segment"]["train"][0]["format"] == "chexmask"
     with pytest.raises(config.ConfigError, match="segment.train.0"):
         config.load(overrides={"segment": {"train": [{"format": "chexmaks", "path": "x.csv"}]}})

@@ -1,5 +1,6 @@
 # Helpers shared by every rule: config validation, the shard list, stage config and versions.
 import json
+import re
 from pathlib import Path
 
 from pipeline import config as pipeline_config
@@ -79,6 +80,12 @@ def run_names():
     return pipeline_config.seeded_runs(config)
 
 
+def run_name_pattern():
+    """The wildcard constraint of {run}: the configured runs only, so that an unknown run name given as a target
+    (results/train/nosuchrun/model.pt) matches no rule instead of training with train's values."""
+    return "|".join(re.escape(name) for name in run_names())
+
+
 def run_config(wildcards):
     """train's section with the run's overrides: changing one run's values retrains that run only."""
     return pipeline_config.run_config(config, wildcards.run)
@@ -124,9 +131,7 @@ def evaluated_architectures():
 def manifests_folder():
     """evaluate.manifests, a relative path read against the working directory, else against the repository."""
     folder = config["evaluate"]["manifests"]
-    if folder and not Path(folder).is_absolute() and not Path(folder).exists():
-        return f"{workflow.basedir}/{folder}"
-    return folder
+    return str(pipeline_config.repository_path(folder)) if folder else ""
 
 
 def evaluate_config():

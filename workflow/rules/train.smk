@@ -40,7 +40,7 @@ rule train_run:
     benchmark:
         "benchmarks/train/{run}.tsv"
     wildcard_constraints:
-        run=r"[A-Za-z0-9_-]+(@\d+)?",
+        run=run_name_pattern(),
     conda:
         ENV
     threads: rule_threads("train_run")
