@@ -82,3 +82,15 @@ def test_every_rule_script_logs_its_error():
     for script in scripts:
         text = script.read_text()
         assert "with logged(snakemake.log[0]):" in text and "setup_logging" not in text, script.name
+
+
+def test_a_rule_that_fails_under_snakemake_has_its_error_in_its_log(tmp_path):
+    import yaml
+    from conftest import run_snakemake
+
+    (tmp_path / "table.csv").write_text("image_path,study_id\na.png,s1\n")  # no patient_id column
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"data": {"source": "csv", "root": str(tmp_path / "table.csv")}}))
+    proc = run_snakemake(tmp_path, "stage_ingest", configfile=tmp_path / "cfg.yaml", check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "logs" / "ingest" / "ingest.log").read_text()
+    assert "Traceback" in log and "IngestError: table.csv lacks required column(s) patient_id" in log

@@ -328,7 +328,8 @@ def run(studies: str | Path, shard: str, out: str | Path, png_dir: str | Path | 
         except Rejected as e:
             rejected["image_id"].append(rec.image_id)
             rejected["reason"].append(str(e))
-            log.warning("rejected %s: %s", rec.image_id, e)
+            path = Path(rec.image_path)  # named first: what the user looks for (the id may be a hash)
+            log.warning("rejected %s: %s (image_id %s, in %s)", path.name, e, rec.image_id, path.parent)
             continue
         for key, value in (("image_id", rec.image_id), ("study_id", rec.study_id), ("patient_id", rec.patient_id),
                            ("split", rec.split), ("view", rec.view), ("image", image), ("transform", transform),
