@@ -129,6 +129,10 @@ def test_scorer_counts_misses_and_wrong_attributes():
     ("Small loculated right hydropneumothorax.", []),
     ("A skin fold simulating a pneumothorax projects over the left apex.", [("Pneumothorax", True, False)]),
     ("Underlying infection cannot be entirely excluded.", [("Pneumonia", False, True)]),
+    ("The left pneumothorax is no longer seen.", [("Pneumothorax", True, False)]),
+    ("Interval clearing of the lingular pneumonia.", [("Pneumonia", True, False)]),
+    ("Right lower lobe infectious infiltrate.", [("Pneumonia", False, False)]),
+    ("Remote history of pneumonia.", []),
 ])
 def test_negation_uncertainty_and_scope(cfg, sentence, expected):
     got = [(p.observation, p.negated, p.uncertain) for p in pr.parse_reports([sentence], cfg)[0].phrases]

@@ -72,7 +72,10 @@ OBSERVATION_TERMS: dict[str, list[str]] = {
     "Pneumonia": [
         "pneumonia", "pneumonias", "pna", "bronchopneumonia", "infectious process", "infection", "infections",
         "aspiration pneumonia", "lobar pneumonia", "pneumonic", "pneumonic infiltrate", "pneumonitis",
-        "aspiration pneumonitis", "bronchopneumonic",
+        "aspiration pneumonitis", "bronchopneumonic", "infectious infiltrate", "infectious infiltrates",
+        "infectious or inflammatory process", "inflammatory or infectious process",
+        # "infectious" alone ("of infectious etiology", "infectious small airways disease") is not counted by the
+        # experts (NegBio's IU gold)
     ],
     "Pneumothorax": [
         "pneumothorax", "pneumothoraces", "pneumothoraxes", "ptx",
@@ -103,6 +106,8 @@ OTHER_TERMS = [
     "hydropneumothorax", "hydropneumothoraces", "hydro-pneumothorax",
     # a clinical question, not a finding ("correlate for symptoms of infection")
     "symptoms of infection", "signs and symptoms of infection", "tuberculosis pneumonia",
+    "history of pneumonia", "history of recurrent pneumonia", "history of pneumothorax", "prior pneumonia",
+    "previous pneumonia", "old pneumonia", "remote pneumonia",
     # edema outside the lungs
     "soft tissue edema", "subcutaneous edema", "soft tissue swelling",
     # masses and lesions outside the lung (CheXpert's Lung Lesion is a lung parenchymal lesion)
@@ -164,14 +169,18 @@ NEGATION_CUES = {
         "no", "not", "without", "negative for", "no evidence of", "no evidence for", "no signs of", "no sign of",
         "absence of", "absent", "free of", "clear of", "no radiographic evidence of", "no definite", "no new",
         "resolution of", "resolved", "removal of", "interval removal of", "no findings of", "rules out",
-        "no focal", "there is no", "there are no", "nor", "simulating", "simulating a", "mimicking",
+        "no focal", "there is no", "there are no", "nor", "clearing of", "interval clearing of", "simulating",
+        "simulating a", "mimicking",
         "mimicking a", "not to be confused with", "rather than",
     ],
     "following_negations": [
         "is not seen", "are not seen", "not seen", "is not identified", "are not identified", "not identified",
         "is not present", "are not present", "not present", "has resolved", "have resolved", "resolved",
         "is absent", "are absent", "not appreciated", "is not appreciated", "have been removed",
-        "has been removed", "was ruled out", "unlikely", "free", "removal", "removed",
+        "has been removed", "was ruled out", "unlikely", "free", "removal", "removed", "has cleared",
+        "have cleared", "has since cleared", "no longer seen", "no longer visualized", "no longer visible",
+        "no longer present", "no longer identified", "no longer evident", "no longer apparent",
+        "no longer demonstrated",
     ],
     # phrases that contain a cue word but negate nothing ("no change in the effusion" keeps the effusion)
     "pseudo_negations": [
@@ -179,7 +188,7 @@ NEGATION_CUES = {
         "not only", "without change", "no increase", "no definite change", "cannot be excluded",
         "can not be excluded", "not excluded", "cannot exclude", "can not exclude", "not be excluded",
         "cannot be ruled out", "not ruled out", "not be ruled out", "cannot rule out", "not rule out",
-        "no longer", "not well", "not clearly", "not significantly",
+        "not well", "not clearly", "not significantly",
     ],
     "termination": [
         "but", "however", "although", "though", "except", "aside from", "apart from", "which", "while",
