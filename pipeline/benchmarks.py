@@ -288,7 +288,9 @@ def gloria_prompts(vocabulary: dict, n: int | None, seed: int) -> dict[str, list
 # ------------------------------------------------------------------------------------------ evaluation
 def _load(case: dict, cfg: dict, segmenter: Path | None):
     """The case's image through normalize (and segment + crop given a segmenter): (image, transform, original
-    shape, ROI boxes or None)."""
+    shape, ROI boxes or None, conversion). Read by normalize's own reader, so its rules hold here too: a
+    greyscale film with coloured annotations is kept (its conversion says "annotated"), a colour figure is
+    Rejected."""
     from .stages.normalize import as_uint8, normalize_file
 
     if segmenter is not None:
@@ -296,15 +298,16 @@ def _load(case: dict, cfg: dict, segmenter: Path | None):
 
         rad = prepare(case["image"], cfg, segmenter)
         keep = [k for k, lab in enumerate(rad.labels) if lab != "image"] or [0]  # the whole image contains all
-        return rad.image, rad.transform, _original_shape(case["image"], cfg), rad.boxes[keep]
+        source = _source(case["image"], cfg)
+        return rad.image, rad.transform, source.pixels.shape, rad.boxes[keep], source.conversion
     image, transform, source = normalize_file(case["image"], cfg["normalize"])
-    return as_uint8(image[None])[0], transform, source.pixels.shape, None
+    return as_uint8(image[None])[0], transform, source.pixels.shape, None, source.conversion
 
 
-def _original_shape(path: str, cfg: dict) -> tuple[int, int]:
+def _source(path: str, cfg: dict):
     from .stages.normalize import read_image
 
-    return read_image(path, cfg["normalize"]).pixels.shape
+    return read_image(path, cfg["normalize"])
 
 
 def evaluate(emb, pinned: dict, cfg: dict, segmenter: str | Path | None = None, bootstrap: int = 1000,
@@ -319,12 +322,14 @@ def evaluate(emb, pinned: dict, cfg: dict, segmenter: str | Path | None = None, 
     segmenter = Path(segmenter) if segmenter else None
     name, cases = pinned["benchmark"], pinned["cases"]
     rows, skipped, pictures = [], [], []
+    annotated = 0  # greyscale films with coloured marks, kept as grey (normalize.greyscale)
     for case in cases:
         try:
-            image, transform, original, rois = _load(case, cfg, segmenter)
+            image, transform, original, rois, conversion = _load(case, cfg, segmenter)
         except (Rejected, OSError, ValueError) as e:
             skipped.append(f"{case['image']}: {e}")
             continue
+        annotated += "annotated" in conversion
         rows.append((case, image, transform, original, rois))
     if skipped:
         log.warning("%s: %d of %d images unreadable, skipped; first: %s", name, len(skipped), len(cases), skipped[0])
@@ -402,7 +407,8 @@ def evaluate(emb, pinned: dict, cfg: dict, segmenter: str | Path | None = None, 
     out = {}
     for metric, (u, stat) in figures.items():
         out[metric] = stats.figure(stat(np.arange(len(u))), boot.replicate(stat, u), len(u))
-    out["_cases"] = {"read": len(rows), "skipped": len(skipped), "manifest_sha256": pinned.get("sha256", "")}
+    out["_cases"] = {"read": len(rows), "skipped": len(skipped), "annotated": annotated,
+                     "manifest_sha256": pinned.get("sha256", "")}
     return out, pictures
 
 
@@ -458,7 +464,8 @@ def markdown(results: dict) -> str:
                                                if np.isfinite(f[k]["ci_low"]) else "") for k in keys]
             lines.append(f"| {run} | " + " | ".join(cells) + " |")
         first = next(iter(runs.values()))["_cases"]
-        lines += ["", f"{first['read']} cases read, {first['skipped']} skipped; manifest sha256 "
+        lines += ["", f"{first['read']} cases read ({first.get('annotated', 0)} greyscale films with coloured "
+                  f"annotations, read as grey), {first['skipped']} skipped; manifest sha256 "
                   f"`{first['manifest_sha256'][:16]}`.", ""]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -500,7 +507,8 @@ def main(name: str, checkpoint: str, root: str | None, config: str | None, model
     emb = load_model(checkpoint, model, cfg, torch.device("cpu"))
     figures, pictures = evaluate(emb, pinned, cfg, seg, bootstrap, prompts=grammar, sample=3 if out else 0)
     print(f"{name}: {pinned['n']} cases pinned in {pinned['path']} (sha256 {pinned['sha256'][:16]}); "
-          f"{figures['_cases']['read']} read, {figures['_cases']['skipped']} skipped")
+          f"{figures['_cases']['read']} read ({figures['_cases']['annotated']} with coloured annotations, read as "
+          f"grey), {figures['_cases']['skipped']} skipped")
     for k, f in figures.items():
         if k != "_cases":
             print(f"{k:40s} {f['value']:.4f}  ({f['ci_low']:.4f}-{f['ci_high']:.4f}, n={f['n']})")

@@ -300,9 +300,19 @@ def test_greyscale_film_with_a_coloured_arrow_is_kept_as_annotated(tmp_path, nor
     np.testing.assert_allclose(png.pixels[marked], rgb[marked].mean(-1) / 255, atol=1 / 255)  # marks become grey
     jpg = normalize.read_image(tmp_path / "arrow.jpg", norm_cfg)
     assert "annotated" in jpg.conversion and jpg.pixels.shape == grey.shape
-    # the benchmark readers read through the same function
-    image, _, source = normalize_file(tmp_path / "arrow.jpg", norm_cfg)
-    assert image.shape == (64, 64) and "annotated" in source.conversion
+
+
+def test_benchmark_reader_keeps_annotated_films_and_skips_colour_figures(tmp_path, norm_cfg):
+    from pipeline import benchmarks
+
+    grey = radiograph(rows=240, cols=200, bits=8).astype(np.uint8)
+    Image.fromarray(_annotated_film(grey, 0.03)).save(tmp_path / "arrow.jpg", quality=90)
+    Image.fromarray(np.stack([grey, grey // 2, grey], -1)).save(tmp_path / "colour.png")
+    image, _, original, rois, conversion = benchmarks._load({"image": str(tmp_path / "arrow.jpg")},
+                                                             {"normalize": norm_cfg}, None)
+    assert image.shape == (64, 64) and original == grey.shape and rois is None and "annotated" in conversion
+    with pytest.raises(Rejected, match="colour image"):
+        benchmarks._load({"image": str(tmp_path / "colour.png")}, {"normalize": norm_cfg}, None)
 
 
 def test_colour_figure_is_rejected_with_its_coloured_fraction(tmp_path, norm_cfg):
