@@ -180,7 +180,7 @@ NEGATION_CUES = {
         "has been removed", "was ruled out", "unlikely", "free", "removal", "removed", "has cleared",
         "have cleared", "has since cleared", "no longer seen", "no longer visualized", "no longer visible",
         "no longer present", "no longer identified", "no longer evident", "no longer apparent",
-        "no longer demonstrated",
+        "no longer demonstrated", "not definitely seen", "not definitely identified", "not definitely visualized",
     ],
     # phrases that contain a cue word but negate nothing ("no change in the effusion" keeps the effusion)
     "pseudo_negations": [
@@ -227,6 +227,8 @@ UNCERTAINTY_CUES = {
         "could be present", "are possible", "is not entirely excluded", "less likely", "cannot be entirely excluded",
         "can not be entirely excluded", "cannot be completely excluded", "cannot be totally excluded",
         "not completely excluded", "cannot be entirely ruled out", "cannot be completely ruled out",
+        "is a possibility", "are a possibility", "remains a possibility", "is a consideration",
+        "is also a consideration",
     ],
     # "no opacity to suggest pneumonia": the negation governs
     "pseudo_negations": ["no possible", "unlikely", "to suggest", "to suggest a", "to suggest an",
