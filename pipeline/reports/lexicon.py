@@ -227,7 +227,7 @@ UNCERTAINTY_CUES = {
         "could be present", "are possible", "is not entirely excluded", "less likely", "cannot be entirely excluded",
         "can not be entirely excluded", "cannot be completely excluded", "cannot be totally excluded",
         "not completely excluded", "cannot be entirely ruled out", "cannot be completely ruled out",
-        "is a possibility", "are a possibility", "remains a possibility", "is a consideration",
+        "is a possibility", "are a possibility", "remains a possibility", "is a consideration", "suspected",
         "is also a consideration",
     ],
     # "no opacity to suggest pneumonia": the negation governs
