@@ -215,7 +215,10 @@ _NORMAL_SUBJECTS = {o: re.compile(p) for o, p in lx.NORMAL_SUBJECTS.items()}
 def normal_statements(sentence: str) -> list[tuple[str, str]]:
     """(observation, statement) for each observation a normal statement negates: "Heart size and mediastinal
     contours are normal." -> Cardiomegaly and Enlarged Cardiomediastinum (`lexicon.NORMAL_STATEMENT`)."""
-    text = " ".join(sentence.lower().split())
+    original = " ".join(sentence.split())
+    text = original.lower()
+    if len(text) != len(original):  # lower-casing changed the length (rare non-ASCII): keep lower-case text
+        original = text
     found: dict[str, str] = {}
     for pattern in _NORMAL:
         for m in pattern.finditer(text):
@@ -225,7 +228,7 @@ def normal_statements(sentence: str) -> list[tuple[str, str]]:
                 rest = _NORMAL_SUBJECTS["Enlarged Cardiomediastinum"].sub(" ", subjects) if obs == "Cardiomegaly" \
                     else subjects
                 if subject.search(rest):
-                    found.setdefault(obs, m.group(0))
+                    found.setdefault(obs, original[m.start() : m.end()])
     return list(found.items())
 
 
