@@ -133,6 +133,9 @@ def test_scorer_counts_misses_and_wrong_attributes():
     ("Interval clearing of the lingular pneumonia.", [("Pneumonia", True, False)]),
     ("Right lower lobe infectious infiltrate.", [("Pneumonia", False, False)]),
     ("Remote history of pneumonia.", []),
+    ("No effusion; right lower lobe pneumonia.", [("Pleural Effusion", True, False), ("Pneumonia", False, False)]),
+    ("No pneumothorax, with new left lower lobe pneumonia.", [("Pneumothorax", True, False),
+                                                              ("Pneumonia", False, False)]),
 ])
 def test_negation_uncertainty_and_scope(cfg, sentence, expected):
     got = [(p.observation, p.negated, p.uncertain) for p in pr.parse_reports([sentence], cfg)[0].phrases]

@@ -193,6 +193,8 @@ NEGATION_CUES = {
     "termination": [
         "but", "however", "although", "though", "except", "aside from", "apart from", "which", "while",
         "whereas", "otherwise", "with the exception of", "there is", "there are", "there has been", "likely",
+        # a semicolon joins two statements; "No pneumothorax, with new pneumonia": the finding after is stated
+        ";", "with new", "with a new", "with interval", "with increased", "with persistent",
     ],
 }
 
@@ -235,7 +237,7 @@ UNCERTAINTY_CUES = {
                          "most suggestive of", "strongly suggestive of", "highly suggestive of"],
     "termination": [
         "but", "however", "although", "though", "except", "which", "while", "whereas", "no", "without",
-        "there is", "there are",
+        "there is", "there are", ";",
     ],
 }
 PROBABLE_CUES = {
