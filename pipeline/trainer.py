@@ -273,9 +273,9 @@ def rng_state() -> dict[str, torch.Tensor | list[torch.Tensor]]:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # CPU byte tensors, wherever map_location put them
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def save_checkpoint(path: Path, model, optimizer, step: int, cfg: dict, best: dict | None = None,
