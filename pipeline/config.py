@@ -79,8 +79,6 @@ def validate(config: dict) -> dict:
     total = split["train"] + split["validate"] + split["test"]
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"config key data.split: fractions must add up to 1, got {total:g}")
-    _check_values(cfg)
-    _check_paths(cfg)
     _check_model("teacher.model", cfg["teacher"]["model"], cfg["teacher"]["weights"], weights_key="teacher.weights")
     _check_model("train.model", cfg["train"]["model"])
     _check_init("train.init", cfg["train"]["init"])
@@ -114,6 +112,8 @@ def validate(config: dict) -> dict:
     for name in cfg["evaluate"]["crop_baselines"]:
         if name not in cfg["evaluate"]["runs"]:
             raise ConfigError(f"config key evaluate.crop_baselines: {name} is not a run of evaluate.runs")
+    _check_values(cfg)
+    _check_paths(cfg)
     return cfg
 
 
@@ -128,6 +128,15 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"config key data.synthetic.studies_per_patient: [{least}, {most}] must be [min, max]")
     if sum(cfg["data"]["synthetic"]["split"]) <= 0:
         raise ConfigError("config key data.synthetic.split: the train / validate / test fractions add up to 0")
+    runs = {"teacher": cfg["teacher"], "train": cfg["train"],
+            **{f"evaluate.runs.{name}": run_config(cfg, name) for name in cfg["evaluate"]["runs"]}}
+    for key, run in runs.items():
+        # each process's micro-batch must hold two examples at least: a contrastive loss over one is 0
+        share = run["accumulate"] * run.get("nproc_per_node", 1)
+        if run["batch_size"] < 2 * share:
+            raise ConfigError(f"config key {key}.batch_size: {run['batch_size']} examples split over accumulate "
+                              f"{run['accumulate']} x nproc_per_node {run.get('nproc_per_node', 1)} leaves fewer than "
+                              f"2 per micro-batch; raise batch_size or lower accumulate")
     for i, pattern in enumerate(cfg["data"]["scrub_reports"]):
         try:
             re.compile(pattern)
