@@ -51,9 +51,10 @@ def test_percentiles_in_the_wrong_order_are_rejected():
         config.load(overrides={"data": {"synthetic": {"studies_per_patient": [3, 1]}}})
     with pytest.raises(config.ConfigError, match=r"data.scrub_reports.0: '\(Dr' is not a regular expression"):
         config.load(overrides={"data": {"scrub_reports": ["(Dr"]}})
-    with pytest.raises(config.ConfigError, match=r"evaluate.runs.no_roi.batch_size: 8 examples split over accumulate 2 x "
-                                                 r"nproc_per_node 4 leaves fewer than 2"):
-        config.load(overrides={"evaluate": {"runs": {"no_roi": {"batch_size": 8, "accumulate": 2, "nproc_per_node": 4}}}})
+    few = {"batch_size": 8, "accumulate": 2, "nproc_per_node": 4}
+    with pytest.raises(config.ConfigError, match=r"evaluate.runs.no_roi.batch_size: 8 examples split over "
+                                                 r"accumulate 2 x nproc_per_node 4 leaves fewer than 2"):
+        config.load(overrides={"evaluate": {"runs": {"no_roi": few}}})
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -42,7 +42,8 @@ from ..labels import OBSERVATIONS
 
 log = logging.getLogger("pipeline.ingest")
 
-COLUMNS = ["image_id", "source_image_id", "study_id", "patient_id", "split", "view", "image_path", "report", "sex", "age",
+COLUMNS = ["image_id", "source_image_id", "study_id", "patient_id", "split", "view", "image_path", "report", "sex",
+           "age",
            *OBSERVATIONS]
 SPLITS = ["train", "validate", "test"]
 # Written views as sources spell them -> the view filter's names. Qualifiers of a frontal film (supine,
@@ -54,7 +55,7 @@ FRONTAL = "FRONTAL"  # a frontal film of unstated projection: kept when the filt
 
 
 REJECTED_COLUMNS = ["table", "row", "image_id", "reason"]
-SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain file name on every OS: no folder, no leading dot
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a plain file name: no folder part, no leading dot
 NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of a byte that is not UTF-8
 SCRUBBED = "___"  # MIMIC-CXR's mark for removed protected health information
 # data.scrub_reports `builtin`: dates, a doctor's name, the value of a name header
@@ -166,7 +167,8 @@ def _integer_ids(t: pd.DataFrame, cols: tuple[str, ...], table: str, rejected: l
         values = pd.to_numeric(t[col], errors="coerce")
         hit = (values.isna() | (values != values.round())) & ~bad
         for i in t.index[hit]:
-            rejected.append({"table": table, "row": int(t.at[i, "_row"]), "image_id": str(t.get("dicom_id", {}).get(i, "")),
+            image_id = str(t.at[i, "dicom_id"]) if "dicom_id" in t else ""
+            rejected.append({"table": table, "row": int(t.at[i, "_row"]), "image_id": image_id,
                              "reason": f"{col} {t.at[i, col]!r} is not an integer id"})
         bad |= hit
         t[col] = values.fillna(0).astype("int64").astype(str)
@@ -429,12 +431,14 @@ def ingest(data_cfg: dict, rejected: list[dict] | None = None) -> tuple[pd.DataF
     for r in rejected:
         log.warning("rejected %s row %d%s: %s", r["table"], r["row"], f" ({r['image_id']})" if r["image_id"] else "",
                     r["reason"])
-    df = df.assign(report=scrub_reports(df["report"], data_cfg["scrub_reports"]))
+    if data_cfg["scrub_reports"]:
+        log.info("report text scrubbed with data.scrub_reports %s", data_cfg["scrub_reports"])
+        df = df.assign(report=scrub_reports(df["report"], data_cfg["scrub_reports"]))
     n_all = len(df)
     df = df[view_kept(df["view"], data_cfg["views"])]
-    log.info("%d images listed (%d rows rejected), %d kept by the view filter %s (%d of unknown view, %d frontal of unstated "
-             "projection, kept)", n_all, len(rejected), len(df), data_cfg["views"], (df["view"] == UNKNOWN).sum(),
-             (df["view"] == FRONTAL).sum())
+    log.info("%d images listed (%d rows rejected), %d kept by the view filter %s (%d of unknown view, %d frontal of "
+             "unstated projection, kept)", n_all, len(rejected), len(df), data_cfg["views"],
+             (df["view"] == UNKNOWN).sum(), (df["view"] == FRONTAL).sum())
     df = assign_splits(df, data_cfg["split"])
     df, plan = plan_shards(df[COLUMNS], data_cfg["shard_size"])
     for split, n in df["split"].value_counts().sort_index().items():
@@ -455,6 +459,7 @@ def run(data_cfg: dict, studies_out: str | Path, plan_out: str | Path, rejected_
 
 def load_studies(path: str | Path, shard: str | None = None) -> pd.DataFrame:
     """Read `studies.csv` (optionally one shard's rows) with ids as text and labels as float."""
-    df = pd.read_csv(path, dtype={c: str for c in ("image_id", "source_image_id", "study_id", "patient_id", "shard", "sex")},
+    text = ("image_id", "source_image_id", "study_id", "patient_id", "shard", "sex")
+    df = pd.read_csv(path, dtype={c: str for c in text},
                      keep_default_na=False, na_values={o: [""] for o in OBSERVATIONS + ["age"]})
     return df[df["shard"] == shard].reset_index(drop=True) if shard is not None else df
