@@ -387,7 +387,11 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
             scaler.load_state_dict(ckpt["scaler"])
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
-        start, best, history = ckpt["step"], ckpt.get("best"), list(ckpt.get("metrics", []))
+        start, best = ckpt["step"], ckpt.get("best")
+        if "metrics" in ckpt:
+            history = list(ckpt["metrics"])
+        elif metrics_path.exists():  # a checkpoint from before the history was kept in it
+            history = [r for r in map(json.loads, metrics_path.read_text().splitlines()) if r["step"] < start]
         log.info("resuming from step %d", start)
         if ckpt.get("threads", torch.get_num_threads()) != torch.get_num_threads():
             # a float sum split over another number of threads rounds differently (1 ulp, 1.2e-7, from the first
