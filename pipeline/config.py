@@ -112,6 +112,9 @@ def validate(config: dict) -> dict:
     for name in cfg["evaluate"]["crop_baselines"]:
         if name not in cfg["evaluate"]["runs"]:
             raise ConfigError(f"config key evaluate.crop_baselines: {name} is not a run of evaluate.runs")
+    for name in cfg["evaluate"]["input_controls"]:
+        if name not in cfg["evaluate"]["runs"] and name != "baseline":
+            raise ConfigError(f"config key evaluate.input_controls: {name} is neither a run of evaluate.runs nor baseline")
     _check_values(cfg)
     _check_paths(cfg)
     return cfg

@@ -133,7 +133,7 @@ def crops_of_one_unet(lesion_boxes: list, gt=(9.0, 9.0, 21.0, 21.0)) -> Split:
              {"image": 0, "roi": 1, "text": "small right pleural effusion", "gt_box": None}]
     clear = [{"image": 0, "roi": 2, "observation": "Pneumothorax", "laterality": "right", "zone": "lower"}]
     return Split(["img-a"], ["pat-a"], ["study-a"], None, np.zeros((1, 14)), ["report"], np.zeros(len(names), int),
-                   [np.arange(len(names))], boxes, None, names, pairs, clear)
+                 [np.arange(len(names))], boxes, None, roi_name=names, pairs=pairs, clear=clear)
 
 
 def pin_sets(folder, test: Split) -> None:

@@ -45,13 +45,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import models, stats
+from ..evaluation import regional
+from ..evaluation.controls import CONTROLS, ControlImages, null_band
 from ..config import seed_replicas
 from ..data import ShardRows, join_shards
 from ..io import atomic_path, usable_threads
@@ -81,6 +83,9 @@ class TestSet:
     roi_box: np.ndarray  # (R, 4) normalized pixels
     roi_crop: ShardRows  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines), read on demand
     roi_name: list[str] = field(default_factory=list)  # (R,) "image", "right lung", "left lower zone", "lesion"
+    roi_where: list[tuple] = field(default_factory=list)  # (R,) (kind, side, zone)
+    findings: list[set] = field(default_factory=list)  # per image: (observation, side, zone) present
+    hedged: list[set] = field(default_factory=list)  # per image: (observation, side) stated as possible
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box, stated
     clear: list[dict] = field(default_factory=list)  # image, roi, observation, laterality, zone: nothing stated there
 
@@ -90,13 +95,15 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
     """The test images with their ROIs, ROI <-> phrase pairs and clear regions; `keep_ids` restricts the images to
     a pinned list (in the data's order). Images and ROI crops are read from the shards on demand."""
     box, region = read_truth(truth_dir) if truth_dir else ({}, {})
+    drawn = regional.truth_findings(truth_dir) if truth_dir else None
     joined = list(join_shards({"normalized": normalize_shards, "crops": crop_shards, "reports": report_shards},
                               {split}, keep_ids))
     shard, row = [x.shard for x in joined], [x.row for x in joined]
     every = np.arange(len(joined))
     labels = ShardRows(list(report_shards), "labels_source", shard, [x.report_row for x in joined])[every]
     transforms = ShardRows(list(normalize_shards), "transform", shard, row)[every]
-    out = {k: [] for k in ("roi_owner", "roi_of", "roi_box", "roi_shard", "roi_row", "roi_name", "pairs", "clear")}
+    out = {k: [] for k in ("roi_owner", "roi_of", "roi_box", "roi_shard", "roi_row", "roi_name", "roi_where", "pairs",
+                           "clear", "findings", "hedged")}
     n_rois = 0
     for index, x in enumerate(joined):
         rois, ph = x.rois, x.phrases
@@ -106,8 +113,11 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
         out["roi_of"].append(np.arange(n_rois, n_rois + n))
         out["roi_shard"] += [x.shard] * n
         out["roi_row"] += range(x.roi_start, x.roi_start + n)
-        out["roi_name"] += [roi_name(k, side, zone) for k, side, zone in
-                            zip(rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"])]
+        out["roi_where"] += list(zip(rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]))
+        out["roi_name"] += [roi_name(*where) for where in out["roi_where"][-n:]]
+        found, hedged = present_findings(ph)
+        out["findings"].append(drawn.get(x.image_id, set()) if drawn is not None else found)
+        out["hedged"].append(set() if drawn is not None else hedged)
         stated = stated_findings(ph)
         for pair in pair_rois(rois, ph, uncertain="drop"):
             p = pair.phrase
@@ -128,7 +138,23 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
                    np.concatenate(out["roi_owner"]) if out["roi_owner"] else np.zeros(0, np.int64),
                    out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)),
                    ShardRows(list(crop_shards), "rois/roi_image", out["roi_shard"], out["roi_row"]),
-                   out["roi_name"], out["pairs"], out["clear"])
+                   out["roi_name"], out["roi_where"], out["findings"], out["hedged"], out["pairs"], out["clear"])
+
+
+def present_findings(phrases: dict) -> tuple[set, set]:
+    """From a parsed report: (observation, side, zone) of its certain present regional phrases (bilateral on both
+    sides), and (observation, side) of its hedged ones."""
+    found, hedged = set(), set()
+    for o, neg, unc, side, zone in zip(phrases["phrase_observation"], phrases["phrase_negated"],
+                                       phrases["phrase_uncertain"], phrases["phrase_laterality"], phrases["phrase_zone"]):
+        if neg or o not in REGIONAL or side not in ("right", "left", "bilateral"):
+            continue
+        for s in (("right", "left") if side == "bilateral" else (side,)):
+            if unc:
+                hedged.add((o, s))
+            else:
+                found.add((o, s, zone or ""))
+    return found, hedged
 
 
 def roi_name(kind: str, side: str, zone: str) -> str:
@@ -312,9 +338,12 @@ def five_by_200(labels: np.ndarray, seed: int, per_class: int = 200) -> tuple[np
 
 # ------------------------------------------------------------------------------------------ one model
 class Embedder:
-    def __init__(self, weights: str | Path, name: str, device: torch.device):
+    def __init__(self, weights: str | Path | None, name: str, device: torch.device, init_seed: int = 0):
+        """weights None: an untrained model, initialised with `init_seed` (the null band)."""
         self.name, self.device = name, device
-        self.model = models.create(name, pretrained=str(weights)).to(device).eval()
+        if weights is None:
+            torch.manual_seed(init_seed)
+        self.model = models.create(name, pretrained=None if weights is None else str(weights)).to(device).eval()
         self.scale = float(self.model.logit_scale.detach().exp().clamp(max=100))
         self._cache: dict[str, np.ndarray] = {}
 
@@ -489,6 +518,16 @@ def model_figures(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarr
             out[f"robust/{kind}/{o}"] = (units, lambda i, w=wins, sel=sel: w[i][sel[i]].mean() if sel[i].any() else np.nan)
     if "robust/side" in out:
         out["region/laterality"] = out["robust/side"]
+    if "robust/negated" in out and "robust/converse" in out:  # one figure: each part's mean, then their mean
+        (a_units, a), (b_units, b) = out["robust/negated"], out["robust/converse"]
+        na = len(a_units)
+        out["robust/balanced_negation"] = (list(a_units) + list(b_units), lambda i: float(np.nanmean(
+            [a(i[i < na]) if (i < na).any() else np.nan, b(i[i >= na] - na) if (i >= na).any() else np.nan])))
+    if roi_mode == "pooled":
+        items = regional.presence_items(test.roi_where, test.roi_owner, test.findings, test.hedged)
+        out.update(regional.presence_figures(roi, emb.texts, emb.scale, items,
+                                             [test.patient_id[test.roi_owner[r]] for r in items["roi"]]))
+        out.update(regional.same_position_figures(roi, emb.texts, pairs, [test.patient_id[p["image"]] for p in pairs]))
     if pairs and roi_mode == "pooled":
         out.update(dense_grounding_figures(emb, test))
         out.update(groundable_figures(emb, test, roi))
@@ -560,8 +599,10 @@ def groundable_figures(emb: Embedder, test: TestSet, roi: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ stage
-HEADLINE = ["auroc/mean", "5x200/accuracy", "i2r/R@1", "i2r/R@10", "r2i/R@1", "r2i/R@10", "region/top1",
-            "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/converse", "robust/uncertain",
+REGIONAL_HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "robust/negated",
+                     "robust/converse", "region/laterality", "region/top1"]
+HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "auroc/mean", "5x200/accuracy",
+            "i2r/R@1", "i2r/R@10", "r2i/R@1", "r2i/R@10", "region/top1", "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/converse", "robust/uncertain",
             "robust/other_finding", "grounding/pointing_game", "grounding/iou", "grounding/cnr",
             "grounding/dense_pointing_game", "grounding/dense_miou", "grounding/dense_cnr",
             "groundable/negated_accuracy", "groundable/present_accuracy"]
@@ -648,20 +689,34 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     boot = stats.PatientBootstrap(test.patient_id, cfg["bootstrap"], seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, replicates, curves = {}, {}, {}
+
+    def score(key: str, emb: Embedder, test_set: TestSet, mode: str = "pooled") -> None:
+        figures, curves[key] = model_figures(emb, test_set, five, retrieval, mode)
+        results[key], replicates[key] = {}, {}
+        for metric, (units, stat) in figures.items():
+            replicates[key][metric] = boot.replicate(stat, units)
+            results[key][metric] = stats.figure(stat(np.arange(len(units))), replicates[key][metric], len(units))
+        log.info("%s: %s", key, ", ".join(f"{k} {results[key][k]['value']:.3f}" for k in HEADLINE if k in results[key]))
+
     for name, weights in checkpoints.items():
         emb = Embedder(weights, model_names[name], device)
-        modes = ["pooled"] + (["crop"] if name == "baseline" or name in cfg["crop_baselines"] else [])
-        for mode in modes:
-            key = name if mode == "pooled" else f"{name}/crop"
-            figures, curves[key] = model_figures(emb, test, five, retrieval, mode)
-            results[key], replicates[key] = {}, {}
-            for metric, (units, stat) in figures.items():
-                replicates[key][metric] = boot.replicate(stat, units)
-                results[key][metric] = stats.figure(stat(np.arange(len(units))), replicates[key][metric], len(units))
-            log.info("%s: %s", key, ", ".join(f"{k} {results[key][k]['value']:.3f}" for k in HEADLINE
-                                             if k in results[key]))
+        score(name, emb, test)
+        if name == "baseline" or name in cfg["crop_baselines"]:
+            score(f"{name}/crop", emb, test, "crop")
+        if name in cfg["input_controls"]:  # the same ROI boxes over the mean image / another patient's image
+            for control in CONTROLS:
+                score(f"{name}/{control}", emb, replace(test, images=ControlImages(test.images, control,
+                                                                                   test.patient_id, seed)))
+    band, architecture = [], model_names.get("student", next(iter(model_names.values()), None))
+    for k in range(cfg["null_models"] if architecture else 0):  # untrained inits: what chance scores
+        figures, _ = model_figures(Embedder(None, architecture, device, init_seed=k), test, five, retrieval)
+        band.append({m: float(stat(np.arange(len(units)))) for m, (units, stat) in figures.items()})
+    if band:
+        log.info("null band (%d untrained %s): %s", len(band), architecture, ", ".join(
+            f"{k} {v['low']:.3f}-{v['high']:.3f}" for k, v in null_band(band).items() if k in HEADLINE))
     seeds, paired = compare(results, replicates, cfg)
     metrics = {"runs": results, "seeds": seeds, "paired": paired, "manifests": manifests,
+               "null_band": {"architecture": architecture, "models": len(band), "figures": null_band(band)},
                "test": {"images": len(test.image_id), "patients": len(boot.patients), "studies": len(retrieval),
                         "pairs": len(test.pairs), "clear_regions": len(test.clear),
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
@@ -730,6 +785,26 @@ def report_markdown(metrics: dict) -> str:
              f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
              "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
              + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
+    band = metrics.get("null_band", {})
+    controlled = [n for n in runs if n.endswith(tuple(f"/{c}" for c in CONTROLS))]
+    keys = [k for k in REGIONAL_HEADLINE if any(k in r for r in runs.values())]
+    if keys:
+        shown = [n for n in runs if "/" not in n and (any(c.startswith(f"{n}/") for c in controlled) or not controlled)]
+        lines += ["## Figures only the image can win", "",
+                  "Presence of each regional finding at fixed positions (AUROC over images at one lung or zone "
+                  "position), region <-> phrase top-1 among findings at the pair's own position, and negation as one "
+                  "balanced figure; laterality and plain top-1 beside them (both can be won from where a box sits). "
+                  "`/mean_image` and `/other_patient`: every test image replaced by the mean test image or by another "
+                  "patient's image, the ROI boxes kept. A gain counts only where the real images beat these controls "
+                  "and lie above the chance row.", "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name in shown:
+            lines += [f"| {n} | " + " | ".join(_cell(runs[n].get(k)) for k in keys) + " |"
+                      for n in [name] + [c for c in controlled if c.startswith(f"{name}/")]]
+        if band.get("models"):
+            f = band["figures"]
+            lines.append(f"| chance: {band['models']} untrained {band['architecture']} | " + " | ".join(
+                f"{f[k]['mean']:.3f} ({f[k]['low']:.3f} to {f[k]['high']:.3f})" if k in f else "-" for k in keys) + " |")
+        lines.append("")
     seeds, paired = metrics["seeds"], metrics["paired"].get(f"student - {control}", {})
     if paired:
         n_seeds = len(next(iter(seeds["student"].values()))["runs"]) if seeds.get("student") else 0

@@ -1,0 +1,132 @@
+"""Figures only the image can win, and what they stand beside: the fixed-position presence AUROC (an oracle scores
+1, a model that sees only position 0.5), same-position top-1, the input controls and the null band."""
+
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.evaluation import regional
+from pipeline.evaluation.controls import ControlImages, null_band, other_patient
+from pipeline.vocab import REGIONAL, statement
+
+WHERE = [("image", "", "")] + [(k, s, z) for s in ("right", "left") for k, z in
+                               (("lung", ""), ("zone", "upper"), ("zone", "middle"), ("zone", "lower"))]
+
+
+def text_table(dim: int = 512):
+    """Every text its own random unit vector (seeded by the text): near-orthogonal in 512 dimensions."""
+    cache = {}
+
+    def texts(strings):
+        for t in strings:
+            if t not in cache:
+                v = np.random.default_rng(zlib.crc32(t.encode())).standard_normal(dim)
+                cache[t] = v / np.linalg.norm(v)
+        return np.stack([cache[t] for t in strings])
+
+    return texts
+
+
+def cohort(n_images: int = 24, seed: int = 0):
+    """n images with the nine ROIs of WHERE each; findings drawn at random per side and zone."""
+    rng = np.random.default_rng(seed)
+    roi_where = WHERE * n_images
+    owner = np.repeat(np.arange(n_images), len(WHERE))
+    findings = []
+    for _ in range(n_images):
+        f = set()
+        for o in ("Pleural Effusion", "Pneumothorax", "Consolidation"):
+            for side in ("right", "left"):
+                if rng.random() < 0.4:
+                    f.add((o, side, str(rng.choice(["upper", "middle", "lower"]))))
+        findings.append(f)
+    return roi_where, owner, findings, [set()] * n_images
+
+
+def test_presence_labels_follow_side_and_zone():
+    found = {("Pleural Effusion", "left", "lower"), ("Edema", "right", "")}
+    label = regional.presence_label
+    assert label(found, set(), "Pleural Effusion", "left", "lower") == 1
+    assert label(found, set(), "Pleural Effusion", "left", "") == 1  # the lung holds its lower zone
+    assert label(found, set(), "Pleural Effusion", "left", "upper") == 0
+    assert label(found, set(), "Pleural Effusion", "right", "lower") == 0
+    assert label(found, set(), "Edema", "right", "") == 1 and np.isnan(label(found, set(), "Edema", "right", "upper"))
+    assert np.isnan(label(set(), {("Pneumothorax", "left")}, "Pneumothorax", "left", ""))  # hedged: unknown
+
+
+def test_an_oracle_scores_presence_auroc_one_and_a_position_only_model_one_half():
+    roi_where, owner, findings, hedged = cohort()
+    items = regional.presence_items(roi_where, owner, findings, hedged)
+    units = [f"p{owner[r]}" for r in items["roi"]]
+    texts = text_table()
+    # oracle: each ROI embeds the statements that are true of it (present or absent, per finding)
+    oracle = np.zeros((len(roi_where), 512))
+    for r, (kind, side, zone) in enumerate(roi_where):
+        if kind in ("lung", "zone"):
+            for o in REGIONAL:
+                y = regional.presence_label(findings[owner[r]], set(), o, side, zone)
+                if np.isfinite(y):
+                    oracle[r] += texts([statement(o, side, zone, negated=not y)])[0]
+    figures = regional.presence_figures(oracle, texts, 10.0, items, units)
+    everyone = np.arange(len(units))
+    assert figures["presence/auroc"][1](everyone) == pytest.approx(1.0)
+    assert figures["presence/auroc/Pleural Effusion"][1](everyone) == pytest.approx(1.0)
+    # position only: an ROI's embedding is its position's, whatever the image shows
+    place = {w: np.random.default_rng(k).standard_normal(512) for k, w in enumerate(WHERE)}
+    blind = np.stack([place[w] for w in roi_where])
+    figures = regional.presence_figures(blind, texts, 10.0, items, units)
+    assert figures["presence/auroc"][1](everyone) == pytest.approx(0.5)
+
+
+def test_same_position_top1_chooses_between_findings_at_one_place():
+    texts = text_table()
+    pair = {"roi": 0, "observation": "Pleural Effusion", "laterality": "left", "zone": "lower",
+            "stated": {("Pleural Effusion", "left"), ("Atelectasis", "left")}}
+    candidates = regional.same_position_candidates("Pleural Effusion", "left", "lower", pair["stated"])
+    assert candidates[0] == "Pleural Effusion" and "Atelectasis" not in candidates  # stated there: not a wrong answer
+    right = texts([statement("Pleural Effusion", "left", "lower")])
+    wrong = texts([statement("Pneumothorax", "left", "lower")])
+    assert regional.same_position_figures(right, texts, [pair], ["p"])["region/same_position_top1"][1](np.arange(1)) == 1
+    assert regional.same_position_figures(wrong, texts, [pair], ["p"])["region/same_position_top1"][1](np.arange(1)) == 0
+
+
+def test_the_mean_image_control_feeds_the_mean_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 8, 8)).astype(np.uint8)
+    control = ControlImages(images, "mean_image", ["a", "a", "b", "c", "c"])
+    mean = np.round(images.astype(float).mean(0)).astype(np.uint8)
+    assert control.shape == images.shape and np.array_equal(control[[0, 3]], np.stack([mean, mean]))
+    assert np.array_equal(control[1:3], np.stack([mean, mean])) and np.array_equal(control[4], mean)
+
+
+def test_the_other_patient_control_feeds_another_patients_image():
+    patients = ["a", "a", "b", "c", "c", "d"]
+    images = np.arange(6, dtype=np.uint8)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    control = ControlImages(images, "other_patient", patients, seed=3)
+    got = control[np.arange(6)][:, 0, 0]
+    assert all(patients[g] != patients[i] for i, g in enumerate(got))
+    assert np.array_equal(other_patient(patients, 3), other_patient(patients, 3))  # seeded
+    with pytest.raises(ValueError, match="unknown input control"):
+        ControlImages(images, "blank", patients)
+
+
+def test_the_null_band_reproduces_and_summarises_untrained_models():
+    from pipeline.stages.evaluate import Embedder
+
+    images = np.random.default_rng(0).integers(0, 256, (2, 96, 96)).astype(np.uint8)
+    a, b, c = (Embedder(None, "medclip-tiny", torch.device("cpu"), init_seed=k).images(images) for k in (1, 1, 2))
+    assert np.array_equal(a, b) and not np.allclose(a, c)
+    band = null_band([{"m": 0.4, "x": np.nan}, {"m": 0.6}, {"m": 0.5}])
+    assert band["m"]["mean"] == pytest.approx(0.5) and band["m"]["n"] == 3 and "x" not in band
+    assert band["m"]["low"] == pytest.approx(0.405) and band["m"]["high"] == pytest.approx(0.595)
+
+
+def test_the_evaluation_package_imports_no_stage():
+    code = ("import sys, pipeline.evaluation.regional, pipeline.evaluation.controls; "
+            "print(sorted(m for m in sys.modules if m.startswith('pipeline.stages')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
