@@ -132,8 +132,10 @@ def crops_of_one_unet(lesion_boxes: list, gt=(9.0, 9.0, 21.0, 21.0)) -> Split:
     pairs = [{"image": 0, "roi": nodule, "text": "right lower lobe nodule", "gt_box": list(gt)},
              {"image": 0, "roi": 1, "text": "small right pleural effusion", "gt_box": None}]
     clear = [{"image": 0, "roi": 2, "observation": "Pneumothorax", "laterality": "right", "zone": "lower"}]
+    where = [("image", "", ""), ("lung", "right", ""), ("zone", "right", "lower")] + [("lesion", "right", "lower")] * len(
+        lesion_boxes)
     return Split(["img-a"], ["pat-a"], ["study-a"], None, np.zeros((1, 14)), ["report"], np.zeros(len(names), int),
-                 [np.arange(len(names))], boxes, None, roi_name=names, pairs=pairs, clear=clear)
+                 [np.arange(len(names))], boxes, None, roi_name=names, roi_where=where, pairs=pairs, clear=clear)
 
 
 def pin_sets(folder, test: Split) -> None:
@@ -161,12 +163,21 @@ def test_pinned_rois_are_found_by_name_and_lesions_by_overlap_whatever_their_row
 
 def test_pinned_sets_stop_when_the_ground_truth_or_the_images_differ(tmp_path):
     pin_sets(tmp_path, crops_of_one_unet([[10, 10, 20, 20]]))
-    with pytest.raises(ManifestMismatch, match="ground truth of 1 pinned grounding case"):
+    with pytest.raises(ManifestMismatch, match="1 pinned entries of .*grounding.json have a ground-truth box"):
         follow_pinned(tmp_path, crops_of_one_unet([[10, 10, 20, 20]], gt=(30.0, 9.0, 41.0, 21.0)))
     other = crops_of_one_unet([[10, 10, 20, 20]])
     other.image_id = ["img-b"]
     with pytest.raises(ManifestMismatch, match="not test images of the data"):
         follow_pinned(tmp_path, other)
+    # the parser's words are the data's too: a changed caption or negated observation stops, whatever the U-Net
+    reparsed = crops_of_one_unet([[10, 10, 20, 20]])
+    reparsed.pairs[1]["text"] = "right pleural effusion"
+    with pytest.raises(ManifestMismatch, match="region_pairs.json have a report phrase the data no longer give"):
+        follow_pinned(tmp_path, reparsed)
+    reparsed = crops_of_one_unet([[10, 10, 20, 20]])
+    reparsed.clear[0]["observation"] = "Pleural Effusion"
+    with pytest.raises(ManifestMismatch, match="clear_regions.json have a report phrase"):
+        follow_pinned(tmp_path, reparsed)
     # the older format named an ROI by its row in the crop shard: it asks to pin again
     (tmp_path / "region_pairs.json").write_text(manifest_body([["img-a", 3, "right lower lobe nodule"]], None, "old"))
     with pytest.raises(ManifestMismatch, match="pin the sets again"):

@@ -42,13 +42,13 @@ def cohort(n_images: int = 24, seed: int = 0):
         for o in ("Pleural Effusion", "Pneumothorax", "Consolidation"):
             for side in ("right", "left"):
                 if rng.random() < 0.4:
-                    f.add((o, side, str(rng.choice(["upper", "middle", "lower"]))))
+                    f.add((o, side, str(rng.choice(["upper", "middle", "lower"])), None))
         findings.append(f)
     return roi_where, owner, findings, [set()] * n_images
 
 
 def test_presence_labels_follow_side_and_zone():
-    found = {("Pleural Effusion", "left", "lower"), ("Edema", "right", "")}
+    found = {("Pleural Effusion", "left", "lower", None), ("Edema", "right", "", None)}
     label = regional.presence_label
     assert label(found, set(), "Pleural Effusion", "left", "lower") == 1
     assert label(found, set(), "Pleural Effusion", "left", "") == 1  # the lung holds its lower zone
@@ -56,6 +56,24 @@ def test_presence_labels_follow_side_and_zone():
     assert label(found, set(), "Pleural Effusion", "right", "lower") == 0
     assert label(found, set(), "Edema", "right", "") == 1 and np.isnan(label(found, set(), "Edema", "right", "upper"))
     assert np.isnan(label(set(), {("Pneumothorax", "left")}, "Pneumothorax", "left", ""))  # hedged: unknown
+    # with a box, a zone holds the finding by the share of its box inside the zone's box, whatever its label
+    apex = {("Pneumothorax", "left", "upper", (10.0, 0.0, 20.0, 40.0))}
+    assert label(apex, set(), "Pneumothorax", "left", "upper", (0, 0, 30, 20)) == 1  # half of it
+    assert label(apex, set(), "Pneumothorax", "left", "middle", (0, 20, 30, 40)) == 1  # the other half: there too
+    assert np.isnan(label(apex, set(), "Pneumothorax", "left", "lower", (0, 36, 30, 60)))  # 10 %: spills over
+    assert label(apex, set(), "Pneumothorax", "left", "lower", (0, 41, 30, 60)) == 0
+
+
+def test_a_report_finding_without_a_side_is_unknown_in_both_lungs():
+    from pipeline.stages.evaluate import present_findings
+
+    phrases = {"phrase_observation": ["Edema", "Pleural Effusion", "Pneumothorax"],
+               "phrase_negated": [False, False, True], "phrase_uncertain": [False, True, False],
+               "phrase_laterality": ["", "left", ""], "phrase_zone": ["", "", ""]}
+    found, hedged = present_findings(phrases)
+    assert found == set() and hedged == {("Edema", "right"), ("Edema", "left"), ("Pleural Effusion", "left")}
+    assert np.isnan(regional.presence_label(found, hedged, "Edema", "right", ""))
+    assert regional.presence_label(found, hedged, "Pneumothorax", "right", "") == 0
 
 
 def test_an_oracle_scores_presence_auroc_one_and_a_position_only_model_one_half():

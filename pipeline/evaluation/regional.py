@@ -1,5 +1,5 @@
-"""Regional figures that only the image can win: a model that sees where an ROI box sits, and nothing else,
-scores chance on each of them.
+"""Regional figures that only the image can win: a model that sees which position an ROI stands for, and nothing
+else, scores chance on each of them.
 
 - Presence at fixed positions (`presence/auroc`): every lung and zone ROI of every test image is scored for each
   regional finding, p = softmax over "there is X in <place>" and "there is no X in <place>" (vocab.statement).
@@ -12,9 +12,15 @@ scores chance on each of them.
 - Balanced negation (`robust/balanced_negation`): the mean of robust/negated and robust/converse. A text tower that
   pushes every "no ..." one way wins one of the two and loses the other.
 
-The truth of presence is the synthetic ground truth where the source has one (findings.csv: kind, side, zone),
-else the parsed report: certain present phrases are positives, hedged ones are left out, anything else negative.
-A finding with a side but no zone is present in that lung and unknown in its zones.
+The truth of presence is the synthetic ground truth where the source has one (findings.csv: kind, side, box),
+else the parsed report: certain present phrases are positives, hedged ones and ones without a side are left out,
+anything else negative. A lung holds the findings of its side; a zone the findings whose box lies in its ROI box
+(HOLDS), or from a report, those of its zone (a finding with a side but no zone: unknown in the zones).
+
+Position is fixed, box geometry is not: lung and zone boxes of one name differ from image to image with the
+U-Net's outline, and a finding can change that outline (an effusion narrows the segmented lung). The
+`/mean_image` control keeps each image's boxes over the mean image, so what box geometry alone scores shows there;
+a figure counts as the image's only where it beats that control (the paired `student - student/mean_image` rows).
 """
 
 from __future__ import annotations
@@ -32,9 +38,9 @@ KIND_OBSERVATION = {"atelectasis": "Atelectasis", "consolidation": "Consolidatio
                     "pneumothorax": "Pneumothorax"}
 
 
-def truth_findings(truth_dir: str | Path) -> dict[str, set[tuple[str, str, str]]]:
-    """{dicom_id: {(observation, side, zone)}} of the regional findings drawn on each synthetic film; a bilateral
-    finding on both sides; zone "" where the finding has none."""
+def truth_findings(truth_dir: str | Path) -> dict[str, set[tuple]]:
+    """{dicom_id: {(observation, side, zone, box)}} of the regional findings drawn on each synthetic film, box
+    (x0, y0, x1, y1) in original pixels; a bilateral finding on both sides; zone "" where the finding has none."""
     import pandas as pd
 
     table = pd.read_csv(Path(truth_dir, "findings.csv"), dtype={"dicom_id": str}, keep_default_na=False)
@@ -44,35 +50,57 @@ def truth_findings(truth_dir: str | Path) -> dict[str, set[tuple[str, str, str]]
         if o is None or r.laterality not in ("right", "left", "bilateral"):
             continue
         for side in (("right", "left") if r.laterality == "bilateral" else (r.laterality,)):
-            out.setdefault(r.dicom_id, set()).add((o, side, r.zone or ""))
+            out.setdefault(r.dicom_id, set()).add((o, side, r.zone or "", (r.x0, r.y0, r.x1, r.y1)))
     return out
 
 
-def presence_label(findings: set[tuple[str, str, str]], hedged: set[tuple[str, str]], observation: str, side: str,
-                   zone: str) -> float:
+# a zone holds a finding when this share of the finding's box lies in the zone's box, and is clear of it at or
+# below CLEAR; in between (a finding that spills over the zone's edge) it is left out
+HOLDS, CLEAR = 0.25, 0.05
+
+
+def box_share(box, region) -> float:
+    """The share of `box`'s area inside `region` (both x0, y0, x1, y1)."""
+    w = max(0.0, min(box[2], region[2]) - max(box[0], region[0]))
+    h = max(0.0, min(box[3], region[3]) - max(box[1], region[1]))
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    return w * h / area if area > 0 else 0.0
+
+
+def presence_label(findings: set[tuple], hedged: set[tuple[str, str]], observation: str, side: str, zone: str,
+                   roi_box=None) -> float:
     """1 present, 0 absent, NaN unknown: X at (side, zone), zone "" the whole lung. findings: (observation, side,
-    zone) present; hedged: (observation, side) stated as possible."""
+    zone, box or None) present, box in the ROI's pixels; hedged: (observation, side) stated as possible or without
+    a side. In a zone, a finding with a box is placed by the share of its box inside the zone's ROI box (a
+    pneumothorax labelled "upper" that runs down into the middle zone is there too); without one, by its zone."""
     if (observation, side) in hedged:
         return np.nan
-    here = [z for o, s, z in findings if o == observation and s == side]
+    here = [(z, box) for o, s, z, box in findings if o == observation and s == side]
     if not here:
         return 0.0
-    if not zone or zone in here:
+    if not zone:
         return 1.0
-    return np.nan if "" in here else 0.0
+    if roi_box is not None and all(box is not None for _, box in here):
+        share = max(box_share(box, roi_box) for _, box in here)
+        return 1.0 if share >= HOLDS else 0.0 if share <= CLEAR else np.nan
+    zones = [z for z, _ in here]
+    if zone in zones:
+        return 1.0
+    return np.nan if "" in zones else 0.0
 
 
 def presence_items(roi_where: list[tuple[str, str, str]], roi_owner: np.ndarray, findings: list[set],
-                   hedged: list[set]) -> dict[str, np.ndarray]:
+                   hedged: list[set], roi_box: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """One item per (lung or zone ROI, regional finding) with a known label: roi, observation, position (the ROI's
-    name), label."""
+    name), label. roi_box: (R, 4) in the pixels of the findings' boxes."""
     rows = []
     for roi, (kind, side, zone) in enumerate(roi_where):
         if kind not in ("lung", "zone") or side not in ("right", "left"):
             continue
         image = int(roi_owner[roi])
         for o in REGIONAL:
-            y = presence_label(findings[image], hedged[image], o, side, zone)
+            y = presence_label(findings[image], hedged[image], o, side, zone,
+                               None if roi_box is None else roi_box[roi])
             if np.isfinite(y):
                 rows.append((roi, o, f"{side} {zone or 'lung'}", y, side, zone))
     cols = list(zip(*rows)) if rows else [[]] * 6

@@ -84,7 +84,7 @@ class TestSet:
     roi_crop: ShardRows  # (R, r, r) uint8, the crop stage's ROI images (the crop baselines), read on demand
     roi_name: list[str] = field(default_factory=list)  # (R,) "image", "right lung", "left lower zone", "lesion"
     roi_where: list[tuple] = field(default_factory=list)  # (R,) (kind, side, zone)
-    findings: list[set] = field(default_factory=list)  # per image: (observation, side, zone) present
+    findings: list[set] = field(default_factory=list)  # per image: (observation, side, zone, box or None) present
     hedged: list[set] = field(default_factory=list)  # per image: (observation, side) stated as possible
     pairs: list[dict] = field(default_factory=list)  # image, roi, text, observation, laterality, zone, gt_box, stated
     clear: list[dict] = field(default_factory=list)  # image, roi, observation, laterality, zone: nothing stated there
@@ -116,7 +116,10 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
         out["roi_where"] += list(zip(rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]))
         out["roi_name"] += [roi_name(*where) for where in out["roi_where"][-n:]]
         found, hedged = present_findings(ph)
-        out["findings"].append(drawn.get(x.image_id, set()) if drawn is not None else found)
+        if drawn is not None:  # the drawn findings, their boxes in normalized pixels like the ROIs'
+            found = {(o, side, zone, tuple(to_normalized(np.array([box], float), transforms[index])[0].tolist()))
+                     for o, side, zone, box in drawn.get(x.image_id, set())}
+        out["findings"].append(found)
         out["hedged"].append(set() if drawn is not None else hedged)
         stated = stated_findings(ph)
         for pair in pair_rois(rois, ph, uncertain="drop"):
@@ -142,18 +145,18 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
 
 
 def present_findings(phrases: dict) -> tuple[set, set]:
-    """From a parsed report: (observation, side, zone) of its certain present regional phrases (bilateral on both
-    sides), and (observation, side) of its hedged ones."""
+    """From a parsed report: (observation, side, zone, None) of its certain present regional phrases (bilateral on
+    both sides), and (observation, side) where it is unknown: hedged, or stated without a side (either lung)."""
     found, hedged = set(), set()
     for o, neg, unc, side, zone in zip(phrases["phrase_observation"], phrases["phrase_negated"],
                                        phrases["phrase_uncertain"], phrases["phrase_laterality"], phrases["phrase_zone"]):
-        if neg or o not in REGIONAL or side not in ("right", "left", "bilateral"):
+        if neg or o not in REGIONAL:
             continue
-        for s in (("right", "left") if side == "bilateral" else (side,)):
-            if unc:
+        for s in (("right", "left") if side in ("bilateral", "") else (side,) if side in ("right", "left") else ()):
+            if unc or not side:
                 hedged.add((o, s))
             else:
-                found.add((o, s, zone or ""))
+                found.add((o, s, zone or "", None))
     return found, hedged
 
 
@@ -278,9 +281,10 @@ def match_pinned(pinned: list, current: list, stable, roi) -> list[int]:
 
 def follow_pinned(folder: str | Path, test: TestSet) -> dict[str, dict]:
     """Restrict the test pairs and clear regions to the pinned ones that the data give again, in place. What the
-    data alone fix must match (the images, and every pinned ground-truth box: else ManifestMismatch); what the trained
-    U-Net moves (which lesions it finds, their boxes) may not: the pinned entries found are counted and the run
-    goes on. Returns {set: {"pinned": n, "found": k}}."""
+    data alone fix must match (the images, every pinned caption and negated observation, every pinned ground-truth
+    box: else ManifestMismatch); what the trained U-Net moves (which lesions it finds, their boxes, so which ROI a
+    phrase is paired with) may not: the pinned entries found are counted and the run goes on.
+    Returns {set: {"pinned": n, "found": k}}."""
     out = {}
     pairs, clear, grounding = (pinned_ids(folder, n) for n in ("region_pairs", "clear_regions", "grounding"))
     images = set(test.image_id)
@@ -294,16 +298,26 @@ def follow_pinned(folder: str | Path, test: TestSet) -> dict[str, dict]:
         if gone:
             raise ManifestMismatch(f"evaluate.manifests: {len(gone)} image(s) of the pinned {folder}/{name}.json are "
                                    f"not test images of the data, e.g. {gone[:3]}")
-    if grounding is not None:
-        truth: dict[str, list] = {}
-        for p in test.pairs:
-            if p["gt_box"] is not None:
-                truth.setdefault(json.dumps([test.image_id[p["image"]], p["text"]]), []).append(p["gt_box"])
-        moved = [e for e in grounding if json.dumps(e[:2]) in truth
-                 and not any(np.allclose(e[2], b, atol=0.01) for b in truth[json.dumps(e[:2])])]
-        if moved:
-            raise ManifestMismatch(f"evaluate.manifests: the ground truth of {len(moved)} pinned grounding case(s) "
-                                   f"differs from the data's, e.g. {moved[0]}: the data changed, not the model")
+    # the parts the data alone fix: every pinned caption and negated observation is still the data's, every pinned
+    # ground-truth box still the truth of its caption (whichever ROI the phrase is paired with in this run)
+    stated = {json.dumps([test.image_id[p["image"]], p["text"]]) for p in test.pairs}
+    negated = {json.dumps([test.image_id[c["image"]], c["observation"]]) for c in test.clear}
+    truth: dict[str, list] = {}
+    for p in test.pairs:
+        truth.setdefault(json.dumps([test.image_id[p["image"]], p["text"]]), []).append(p["gt_box"])
+    # (an image whose lungs this run found nowhere, with crop.fallback none, has no pairs: not found, no stop)
+    lungs = {test.image_id[test.roi_owner[r]] for r, (kind, _, _) in enumerate(test.roi_where) if kind == "lung"}
+    changed = {"region_pairs": [e for e in pairs or [] if e[0] in lungs and json.dumps([e[0], e[3]]) not in stated],
+               "clear_regions": [e for e in clear or [] if e[0] in lungs and json.dumps([e[0], e[2]]) not in negated],
+               "grounding": [e for e in grounding or [] if e[0] in lungs and not any(
+                   b is not None and np.allclose(e[2], b, atol=0.01) for b in truth.get(json.dumps(e[:2]), []))]}
+    for name, entries in changed.items():
+        if entries:
+            what = "ground-truth box" if name == "grounding" else "report phrase"
+            raise ManifestMismatch(f"evaluate.manifests: {len(entries)} pinned entries of {folder}/{name}.json have a "
+                                   f"{what} the data no longer give, e.g. {entries[0]}: the data or the report parsing "
+                                   f"changed, not the model (pin the sets again on purpose, or set evaluate.manifests "
+                                   f"to \"\")")
     if pairs is not None:
         now = pair_entries(test)
         keep = match_pinned(pairs, now, lambda e: [e[0], e[3]], lambda e: e[1:3])
@@ -533,7 +547,7 @@ def model_figures(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarr
         out["robust/balanced_negation"] = (list(a_units) + list(b_units), lambda i: float(np.nanmean(
             [a(i[i < na]) if (i < na).any() else np.nan, b(i[i >= na] - na) if (i >= na).any() else np.nan])))
     if roi_mode == "pooled":
-        items = regional.presence_items(test.roi_where, test.roi_owner, test.findings, test.hedged)
+        items = regional.presence_items(test.roi_where, test.roi_owner, test.findings, test.hedged, test.roi_box)
         out.update(regional.presence_figures(roi, emb.texts, emb.scale, items,
                                              [test.patient_id[test.roi_owner[r]] for r in items["roi"]]))
         out.update(regional.same_position_figures(roi, emb.texts, pairs, [test.patient_id[p["image"]] for p in pairs]))
@@ -714,6 +728,9 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
             score(f"{name}/crop", emb, test, "crop")
         if name in cfg["input_controls"]:  # the same ROI boxes over the mean image / another patient's image
             for control in CONTROLS:
+                if control == "other_patient" and len(set(test.patient_id)) < 2:
+                    log.warning("input control other_patient skipped: the test split has one patient")
+                    continue
                 score(f"{name}/{control}", emb, replace(test, images=ControlImages(test.images, control,
                                                                                    test.patient_id, seed)))
     band, architecture = [], model_names.get("student", next(iter(model_names.values()), None))
