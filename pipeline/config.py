@@ -112,6 +112,10 @@ def validate(config: dict) -> dict:
     for name in cfg["evaluate"]["crop_baselines"]:
         if name not in cfg["evaluate"]["runs"]:
             raise ConfigError(f"config key evaluate.crop_baselines: {name} is not a run of evaluate.runs")
+    for name, over in cfg["evaluate"]["runs"].items():
+        if "select" in (over or {}) and over["select"] != cfg["train"]["select"]:
+            raise ConfigError(f"config key evaluate.runs.{name}.select: runs are compared, so they share one selection "
+                              f"rule (train.select: {cfg['train']['select']})")
     for name in cfg["evaluate"]["input_controls"]:
         if name not in cfg["evaluate"]["runs"] and name != "baseline":
             raise ConfigError(f"config key evaluate.input_controls: {name} is neither a run of evaluate.runs nor baseline")

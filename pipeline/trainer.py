@@ -300,17 +300,23 @@ def load_checkpoint(path: Path, device: torch.device) -> dict | None:
 
 
 @torch.no_grad()
-def validation_loss(step_module: nn.Module, val_batches, batch_size: int, device: torch.device, autocast) -> float:
-    """The run's own objective on the validate split: fixed batches in order, no flips, mean over examples."""
+def validation_loss(step_module: nn.Module, val_batches, batch_size: int, device: torch.device, autocast
+                    ) -> dict[str, float]:
+    """On the validate split (fixed batches in order, no flips, mean over examples): the run's own objective
+    (`val_loss`) and its image <-> report term alone (`val_global_loss`), the one figure every run is trained for
+    (alpha L_global), so the one a selection rule may compare across runs."""
     was_training = step_module.training
     step_module.eval()
-    total, n = 0.0, 0
-    for idx in np.array_split(np.arange(len(val_batches)), max(1, -(-len(val_batches) // batch_size))):
-        with autocast:
-            loss = step_module({k: v.to(device) for k, v in val_batches(idx, 0).items()})["total_loss"]
-        total, n = total + loss.item() * len(idx), n + len(idx)
+    total, glob, n = 0.0, 0.0, 0
+    with torch.no_grad():
+        for idx in np.array_split(np.arange(len(val_batches)), max(1, -(-len(val_batches) // batch_size))):
+            with autocast:
+                terms = step_module({k: v.to(device) for k, v in val_batches(idx, 0).items()})
+            total += terms["total_loss"].item() * len(idx)
+            glob += terms["global_loss"].item() * len(idx)
+            n += len(idx)
     step_module.train(was_training)
-    return total / max(n, 1)
+    return {"val_loss": total / max(n, 1), "val_global_loss": glob / max(n, 1)}
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -351,10 +357,11 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     out_dir/model.pt (an open_clip state dict), metrics.jsonl and checkpoints/last.pt. `init` names weights to
     start from. `stop_after` ends the run after that step's checkpoint (to test resuming).
 
-    Early stopping: with `val_batches` (the validate split, made like `batches` without flips) and
-    cfg["validate_every"] > 0, the run's own loss on the validate split is measured every that many steps and at
-    the end (`val_loss` in metrics.jsonl), and model.pt holds the weights of the best step, not the last: a small
-    training set is learnt by heart long before the schedule ends. The test split is never looked at."""
+    Selection (cfg["select"], one rule for every run of a comparison): "final", model.pt is the last step of the
+    fixed budget; "val_global_loss", the step with the lowest image <-> report loss on the validate split, the
+    initial weights (step 0) a candidate too. With `val_batches` (the validate split, made like `batches` without
+    flips) and cfg["validate_every"] > 0 the validate figures are logged every that many steps and at the end
+    (`val_loss`, the run's own objective; `val_global_loss`) whatever the rule. The test split is never looked at."""
     out_dir = Path(out_dir)
     rank, world, local_rank = _distributed()
     torch.manual_seed(cfg["seed"])
@@ -400,6 +407,17 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
                         "%d, so that the weights are those of an uninterrupted run", ckpt["threads"],
                         torch.get_num_threads(), ckpt["threads"])
             torch.set_num_threads(ckpt["threads"])
+    select = cfg.get("select", "final")
+    validating = val_batches is not None and len(val_batches) and cfg.get("validate_every", 0)
+    if select != "final" and not validating:
+        log.warning("select: %s needs validate images and validate_every > 0: model.pt is the last step", select)
+        select = "final"
+    at_init = None
+    if rank == 0 and validating and start == 0 and select != "final":  # the initial weights are a candidate
+        at_init = validation_loss(step_module, val_batches, cfg["batch_size"], device, autocast)
+        best = {"step": 0, "val_loss": at_init[select], "state_dict": {k: v.detach().cpu().clone()
+                                                                        for k, v in clip.state_dict().items()}}
+        log.info("validate at step 0 (the initial weights): %s", ", ".join(f"{k} {v:.4f}" for k, v in at_init.items()))
     if rank == 0:  # the history before the checkpoint, whatever happened to metrics.jsonl since
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(metrics_path) as tmp:
@@ -441,10 +459,10 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
                 record = {"step": step, "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                           "logit_scale": clip.logit_scale.exp().item(), **terms_sum}
                 every = cfg.get("validate_every", 0)
-                if val_batches is not None and len(val_batches) and every and (done % every == 0 or done == cfg["steps"]):
-                    record["val_loss"] = validation_loss(step_module, val_batches, cfg["batch_size"], device, autocast)
-                    if best is None or record["val_loss"] < best["val_loss"]:
-                        best = {"step": done, "val_loss": record["val_loss"],
+                if validating and (done % every == 0 or done == cfg["steps"]):
+                    record.update(validation_loss(step_module, val_batches, cfg["batch_size"], device, autocast))
+                    if select != "final" and (best is None or record[select] < best["val_loss"]):
+                        best = {"step": done, "val_loss": record[select],
                                 "state_dict": {k: v.detach().cpu().clone() for k, v in clip.state_dict().items()}}
                 history.append(record)
                 metrics.write(json.dumps(record) + "\n")
@@ -460,7 +478,9 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
             with atomic_path(out_dir / "model.pt") as tmp:
                 torch.save(best["state_dict"] if best else clip.state_dict(), tmp)
             if best:
-                log.info("model.pt: the weights of step %d (validate loss %.4f)", best["step"], best["val_loss"])
+                log.info("model.pt: the weights of step %d (%s %.4f)", best["step"], select, best["val_loss"])
+            else:
+                log.info("model.pt: the weights of the last step, %d (select: final)", cfg["steps"])
         if world > 1:
             dist.barrier()
     finally:
@@ -468,7 +488,8 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
             metrics.close()
     return {"steps": cfg["steps"], "seconds": time.perf_counter() - t0, "examples": len(batches), "world": world,
             "final_loss": terms_sum.get("total_loss") if cfg["steps"] > start else None,
-            "best_step": best["step"] if best else None, "best_val_loss": best["val_loss"] if best else None}
+            "best_step": best["step"] if best else None, "best_val_loss": best["val_loss"] if best else None,
+            "select": select, "validate_at_init": at_init}
 
 
 def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads: int = 1,

@@ -10,7 +10,7 @@ import torch
 
 from pipeline import config
 from pipeline.data import ImageReportPairs
-from pipeline.trainer import batch_indices, fit_global, lr_at
+from pipeline.trainer import GlobalBatches, batch_indices, fit, fit_global, lr_at
 
 
 @pytest.fixture
@@ -44,17 +44,38 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path, pairs, cfg)
 
 
 def test_early_stopping_keeps_the_best_validated_step_and_resumes_exactly(tmp_path, pairs, cfg):
-    cfg = {**cfg, "validate_every": 2, "lr": 0.05}  # a rate this high overshoots: the best step is not the last
+    cfg = {**cfg, "validate_every": 2, "lr": 0.05, "select": "val_global_loss"}  # this high a rate overshoots
     val = ImageReportPairs(pairs.image_id[:4], pairs.images[:4], pairs.reports[:4], pairs.shard[:4])
     result = fit_global(pairs, cfg, tmp_path / "straight", val_pairs=val)
     records = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
-    validated = {r["step"] + 1: r["val_loss"] for r in records if "val_loss" in r}
-    assert sorted(validated) == [2, 4, 6]
-    assert result["best_step"] == min(validated, key=validated.get)
+    validated = {r["step"] + 1: r["val_global_loss"] for r in records if "val_global_loss" in r}
+    assert sorted(validated) == [2, 4, 6] and all("val_loss" in r for r in records if "val_global_loss" in r)
+    candidates = {0: result["validate_at_init"]["val_global_loss"], **validated}  # the initial weights too
+    assert result["best_step"] == min(candidates, key=candidates.get)
     assert fit_global(pairs, cfg, tmp_path / "killed", stop_after=4, val_pairs=val) == {"stopped_at": 4}
     assert fit_global(pairs, cfg, tmp_path / "killed", val_pairs=val)["best_step"] == result["best_step"]
     a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_one_selection_rule_considers_the_initial_weights_and_repeats(tmp_path, pairs, cfg):
+    batches = GlobalBatches(pairs, cfg["model"])
+    # weights that know these pairs by heart (validated on the same pairs), then a rate that ruins them at once:
+    # the initial weights are the best candidate
+    fit(batches, {**cfg, "alpha": 1.0, "steps": 30, "lr": 0.002, "select": "final"}, tmp_path / "learnt")
+    ruin = {**cfg, "alpha": 1.0, "validate_every": 1, "lr": 5.0, "warmup_steps": 0, "select": "val_global_loss"}
+    start = str(tmp_path / "learnt" / "model.pt")
+    result = fit(batches, ruin, tmp_path / "ruined", init=start, val_batches=batches)
+    assert result["best_step"] == 0
+    kept, learnt = (torch.load(p, weights_only=True) for p in (tmp_path / "ruined" / "model.pt", start))
+    assert all(torch.equal(kept[k], learnt[k]) for k in learnt)
+    assert fit(batches, ruin, tmp_path / "again", init=start, val_batches=batches)["best_step"] == 0  # same pick
+    # select: final keeps the last step; the validate figures are logged all the same
+    last = fit(batches, {**cfg, "alpha": 1.0, "validate_every": 2, "select": "final"}, tmp_path / "final",
+               val_batches=batches)
+    assert last["best_step"] is None
+    records = [json.loads(x) for x in (tmp_path / "final" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "val_global_loss" in r] == [1, 3, 5]
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, pairs, cfg):
