@@ -90,7 +90,11 @@ def negative_captions(phrase: str, observation: str, side: str, zone: str, uncer
     if mode == "own":
         out.append(spell_side(base, side) if uncertain else f"possible {spell_side(base, side)}")
     here = {o for o, s in stated if s in (side, "bilateral", "") or side == "bilateral"}
-    out += [caption(o, side, zone) for o in REGIONAL if o != observation and o not in here]
+    # the other findings in turn from the one after the phrase's own, so that not every phrase's first "other
+    # finding" is the first of the list (atelectasis)
+    names = list(REGIONAL)
+    start = names.index(observation) + 1 if observation in names else 0
+    out += [caption(o, side, zone) for o in names[start:] + names[:start] if o != observation and o not in here]
     seen, kept = {normalize_text(positive)}, []
     for text in out:
         if normalize_text(text) not in seen:

@@ -50,7 +50,8 @@ ZONE_PLACES = {"upper": "upper zone", "middle": "mid zone", "lower": "lower zone
 # what a horizontal flip turns each side-bearing word into (longest first when matching)
 MIRROR = {"left": "right", "right": "left", "rul": "lul", "lul": "rul", "rll": "lll", "lll": "rll",
           "rml": "lingula", "right middle lobe": "lingula", "lingula": "right middle lobe",
-          "lingular": "right middle lobe", "dextroscoliosis": "levoscoliosis", "levoscoliosis": "dextroscoliosis",
+          "lingular": "right middle lobe", "left lingula": "right middle lobe", "left lingular": "right middle lobe",
+          "rightward": "leftward", "leftward": "rightward", "dextroscoliosis": "levoscoliosis", "levoscoliosis": "dextroscoliosis",
           "dextroconvex": "levoconvex", "levoconvex": "dextroconvex"}
 _MIRROR_RE = re.compile(r"\b(" + "|".join(sorted(map(re.escape, MIRROR), key=len, reverse=True)) + r")\b", re.I)
 

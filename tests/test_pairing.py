@@ -1,7 +1,7 @@
 import pytest
 
 from pipeline.pairing import negative_captions, pair_caption, pair_rois, stated_findings
-from pipeline.vocab import SIDE_WORDS, caption, mirror_text, normalize_text, other_side, spell_side
+from pipeline.vocab import REGIONAL, SIDE_WORDS, caption, mirror_text, normalize_text, other_side, spell_side
 
 
 def rois(*items):
@@ -39,6 +39,13 @@ def test_pairs_follow_side_and_zone():
 def test_side_only_lesion_phrase_takes_the_largest_lesion():
     ph = phrases(("Lung Lesion", False, False, "left", ""))
     assert [(p.roi, p.rule) for p in pair_rois(IMAGE_ROIS, ph)] == [(9, "lesion")]
+
+
+def test_a_side_said_twice_mirrors_once():
+    # "left lingular" names the left side twice: its mirror is the right middle lobe, not "right right middle lobe"
+    assert mirror_text("left lingular opacity") == "right middle lobe opacity"
+    assert mirror_text("Left lingula atelectasis") == "Right middle lobe atelectasis"
+    assert mirror_text("rightward shift of the mediastinum") == "leftward shift of the mediastinum"
 
 
 @pytest.mark.parametrize("text,mirrored", [
@@ -113,14 +120,16 @@ def test_other_finding_negatives_skip_what_the_report_states_there():
     neg = negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own", 12, stated)
     others = neg[3:]
     assert not any("atelectasis" in n for n in others)  # stated on the left: never a negative there
-    assert others[0] == "consolidation in the left lower zone"  # stated on the right only: fair on the left
+    assert "consolidation in the left lower zone" in others  # stated on the right only: fair on the left
     assert "pneumothorax in the left lower zone" in others  # negated in the report: a fair negative
 
 
 def test_negatives_and_captions():
     assert negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own") == [
         "no small left pleural effusion", "small right pleural effusion", "possible small left pleural effusion",
-        "atelectasis in the left lower zone"]
+        "pleural thickening in the left lower zone"]  # the other findings start after the phrase's own
+    firsts = {negative_captions("x", o, "left", "lower", False, "drop", 3)[2] for o in REGIONAL}
+    assert len(firsts) == len(REGIONAL)  # each finding's first "other finding" is another one
     assert negative_captions("bibasilar atelectasis", "Atelectasis", "bilateral", "lower", False, "drop", 2) == [
         "no bibasilar atelectasis", "consolidation in both lower zones"]
     assert caption("Edema", "bilateral", "") == "pulmonary edema in both lungs"

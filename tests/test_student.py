@@ -44,7 +44,7 @@ def test_concept_pool_mirrors_every_prompt():
 def test_negative_captions_keep_uncertainty_its_own_state():
     assert negative_captions("small left pleural effusion", "Pleural Effusion", "left", "lower", False, "own") == [
         "no small left pleural effusion", "small right pleural effusion", "possible small left pleural effusion",
-        "atelectasis in the left lower zone"]
+        "pleural thickening in the left lower zone"]
     # a hedged phrase keeps its hedge, and the certain form becomes one of its negatives
     assert pair_caption("right lower lobe opacity", "right", True, "own") == "possible right lower lobe opacity"
     assert negative_captions("right lower lobe opacity", "Lung Opacity", "right", "lower", True, "own")[:3] == [
