@@ -162,6 +162,65 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
     assert list((tiny_run / "results/visualize").glob("grounding-*.png"))
 
 
+RETRAIN = """
+import shutil, sys, torch
+from pathlib import Path
+from pipeline.stages import train, train_segmenter
+out = Path(sys.argv[1])
+shards = sorted(str(p) for p in Path("results/normalize").glob("shard-*.h5"))
+cfg = torch.load("results/segmenter/unet.pt", weights_only=True)["config"]
+train_segmenter.run(shards, "data/synthetic/ground_truth/masks", out / "unet.pt", out / "unet.json", cfg, {},
+                    threads=2, studies="results/ingest/studies.csv")
+(out / "student").mkdir()
+shutil.copy("results/train/student/spec.json", out / "student" / "spec.json")
+train.run(out / "student" / "spec.json", threads=2)
+"""
+
+
+def test_a_second_process_trains_the_same_unet_and_student_bit_for_bit(tiny_run, tmp_path):
+    """Same machine, same thread count (2, as the workflow ran): the U-Net and the student retrained in another
+    process are bit-identical to the workflow's (the teacher: see the pinned-sets test below)."""
+    import subprocess
+
+    import torch
+
+    subprocess.run([sys.executable, "-c", RETRAIN, str(tmp_path)], cwd=tiny_run, check=True, capture_output=True)
+    for ours, theirs, key in ((tmp_path / "unet.pt", tiny_run / "results/segmenter/unet.pt", "state_dict"),
+                              (tmp_path / "student/model.pt", tiny_run / "results/train/student/model.pt", None)):
+        a, b = (torch.load(p, weights_only=True) for p in (ours, theirs))
+        a, b = (a[key], b[key]) if key else (a, b)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), ours
+
+
+def test_sets_pinned_by_another_unet_are_found_again_and_evaluate_finishes(tiny_run, tmp_path):
+    """A fresh clone trains a U-Net that differs from the one of the run that pinned the sets (another CPU there;
+    another seed here): evaluate finds the pinned pairs again by ROI name and lesion overlap, says how many, and
+    finishes."""
+    import torch
+
+    pinned = tiny_run / "results/evaluate/manifests"
+    override = tmp_path / "other-unet.yaml"
+    override.write_text(yaml.safe_dump({"segment": {"seed": 7}, "evaluate": {"manifests": str(pinned)}}))
+    work = tmp_path / "run"
+    work.mkdir()
+    run_snakemake(work, "all", "--configfile", str(TINY), str(override), configfile=None)
+    ours, theirs = (torch.load(w / "results/segmenter/unet.pt", weights_only=True)["state_dict"] for w in (work, tiny_run))
+    assert any(not torch.equal(ours[k], theirs[k]) for k in ours)  # really another U-Net
+    # the teacher never sees the U-Net: fitted again in another process, it is bit-identical
+    a, b = (torch.load(w / "results/teacher/model.pt", weights_only=True) for w in (work, tiny_run))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = json.loads((work / "results/evaluate/metrics.json").read_text())
+    for name in ("region_pairs", "clear_regions", "grounding"):
+        m, n_pinned = metrics["manifests"][name], len(json.loads((pinned / f"{name}.json").read_text())["ids"])
+        assert m["pinned"] == n_pinned and m["n"] == m["found"] <= n_pinned
+    assert metrics["manifests"]["region_pairs"]["found"] > 0 and metrics["manifests"]["clear_regions"]["found"] > 0
+    assert metrics["test"]["pairs"] == metrics["manifests"]["region_pairs"]["found"]
+    found = metrics["manifests"]["region_pairs"]
+    assert f"| region_pairs | {found['n']} | {found['found']} of {found['pinned']} |" in (
+        work / "results/evaluate/report.md").read_text()
+    assert "pinned region_pairs found" in (work / "logs/evaluate/evaluate.log").read_text()
+
+
 def test_one_image_zeroshot_and_ground_from_the_command_line(tiny_run):
     import subprocess
 
