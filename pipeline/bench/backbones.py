@@ -26,10 +26,10 @@ PHRASES = ["small left pleural effusion", "possible right upper zone consolidati
 def child(name: str, steps: int, batch_size: int = 8, threads: int = 2) -> dict:
     import torch
 
-    from . import models
-    from .concepts import concept_pool
-    from .losses import RegionAwareLoss
-    from .trainer import CLIPTrainStep, param_groups
+    from .. import models
+    from ..concepts import concept_pool
+    from ..losses import RegionAwareLoss
+    from ..trainer import CLIPTrainStep, param_groups
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -64,13 +64,13 @@ def child(name: str, steps: int, batch_size: int = 8, threads: int = 2) -> dict:
 
 
 def bench_backbones(steps: int = 3) -> dict:
-    from .models.layouts import BIOMEDCLIP, write_biomedclip
+    from ..models.layouts import BIOMEDCLIP, write_biomedclip
 
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         write_biomedclip(f"{tmp}/biomedclip-sized", BIOMEDCLIP, weights=False)
         for key, name in (("medclip-tiny", "medclip-tiny"), ("biomedclip-sized", f"local-dir:{tmp}/biomedclip-sized")):
-            code = (f"import json; from pipeline.bench_backbones import child; "
+            code = (f"import json; from pipeline.bench.backbones import child; "
                     f"print(json.dumps(child({name!r}, {steps})))")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             out[key] = json.loads(proc.stdout.strip().splitlines()[-1])

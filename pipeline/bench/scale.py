@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ROOT
+from ..config import ROOT
 
 
 def _config(n_studies: int) -> dict:
@@ -44,11 +44,11 @@ def child(workdir: str, steps: int, batch_size: int, in_memory: bool) -> dict:
     import numpy as np
     import torch
 
-    from . import config, models
-    from .data import load_region_data
-    from .model_spec import input_spec
-    from .losses import RegionAwareLoss
-    from .trainer import CLIPTrainStep, RegionBatches, param_groups, step_loader
+    from .. import config, models
+    from ..data import load_region_data
+    from ..model_spec import input_spec
+    from ..losses import RegionAwareLoss
+    from ..trainer import CLIPTrainStep, RegionBatches, param_groups, step_loader
 
     workdir = Path(workdir)
     cfg = config.load(workdir / "bench.yaml")["train"]
@@ -87,7 +87,7 @@ def child(workdir: str, steps: int, batch_size: int, in_memory: bool) -> dict:
 
 
 def _run_child(workdir: Path, steps: int, batch_size: int, in_memory: bool) -> dict:
-    code = (f"import json; from pipeline.bench_scale import child; "
+    code = (f"import json; from pipeline.bench.scale import child; "
             f"print(json.dumps(child({str(workdir)!r}, {steps}, {batch_size}, {in_memory})))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import config
+from .. import config
 
 
 def _inputs(results: str | Path, model: str) -> dict:
-    from .model_spec import input_spec
+    from ..model_spec import input_spec
 
     results, key = Path(results), input_spec(model).key
     names = [p.name for p in sorted((results / "embed").glob("shard-*.h5"))]
@@ -44,8 +44,8 @@ def _rss_mb() -> float:
 
 
 def _load(cfg: dict, results: str | Path):
-    from . import models
-    from .data import load_region_data
+    from .. import models
+    from ..data import load_region_data
 
     size = models.input_size(cfg["model"])
     return load_region_data(_inputs(results, cfg["model"]), {"train"}, size, cfg["uncertain"], cfg["negatives"],
@@ -58,9 +58,9 @@ def bench_loading(results: str | Path = "results", repeats: int = 5) -> dict:
     embeddings included) with its images from (a) or from (b)."""
     from PIL import Image
 
-    from . import models  # noqa: F401  (imports torch and open_clip before the clock starts)
-    from .data import resize
-    from .shards import Shard
+    from .. import models  # noqa: F401  (imports torch and open_clip before the clock starts)
+    from ..data import resize
+    from ..shards import Shard
 
     cfg = config.load()
     data = _load(cfg["train"], results)
@@ -99,9 +99,9 @@ def child(mode: str, steps: int, teacher_model: str, results: str | Path = "resu
     import torch
     import torch.nn.functional as F
 
-    from . import models
-    from .losses import RegionAwareLoss
-    from .trainer import CLIPTrainStep, RegionBatches, batch_indices, param_groups
+    from .. import models
+    from ..losses import RegionAwareLoss
+    from ..trainer import CLIPTrainStep, RegionBatches, batch_indices, param_groups
 
     cfg = config.load()
     tcfg = cfg["train"]
@@ -152,7 +152,7 @@ def bench_train(steps: int = 10, teacher_model: str | None = None, results: str 
     teacher_model = teacher_model or config.load()["teacher"]["model"]
     out = {}
     for mode in ("cached", "online"):
-        code = (f"import json; from pipeline.bench_train import child; "
+        code = (f"import json; from pipeline.bench.train import child; "
                 f"print(json.dumps(child({mode!r}, {steps}, {teacher_model!r}, {str(results)!r})))")
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -15,8 +15,8 @@ import pandas as pd
 import pydicom
 from PIL import Image
 
-from . import config
-from .stages import ingest, normalize, synthesize
+from .. import config
+from ..stages import ingest, normalize, synthesize
 
 
 def _synthetic(tmp: Path, n_studies: int, size: int) -> pd.DataFrame:
@@ -72,9 +72,9 @@ def bench_synthesize(n: int, size: int) -> dict:
 
 def bench_parse_reports(n: int) -> dict:
     """Reports/s on one process, and accuracy against the synthetic ground truth and the hand-written set."""
-    from .labels import OBSERVATIONS
-    from .reports import score
-    from .stages import parse_reports as pr
+    from ..labels import OBSERVATIONS
+    from ..reports import score
+    from ..stages import parse_reports as pr
 
     cfg = config.load()
     syn = cfg["data"]["synthetic"]
@@ -95,11 +95,11 @@ def bench_parse_reports(n: int) -> dict:
     synthetic = score.score([gold.get(k, {}) for k in keys], [score.by_observation(found.get(k, [])) for k in keys])
     labels = np.array([[r.labels[o] for o in OBSERVATIONS] for r in parsed])
     synthetic["label_agreement"] = pr.agreement(labels, table[OBSERVATIONS].to_numpy(float))
-    sentences, hand_gold = score.read_sentence_file(Path(__file__).resolve().parent.parent / "tests" / "data"
+    sentences, hand_gold = score.read_sentence_file(Path(__file__).resolve().parents[2] / "tests" / "data"
                                                     / "report_sentences.txt")
     hand = score.score(hand_gold, [score.by_observation(r.phrases)
                                    for r in pr.parse_reports(sentences, cfg["parse_reports"])])
-    reports, labeler_gold = score.read_label_file(Path(__file__).resolve().parent.parent / "tests" / "data"
+    reports, labeler_gold = score.read_label_file(Path(__file__).resolve().parents[2] / "tests" / "data"
                                                   / "chexpert_style_reports.txt")
     labeler = score.label_agreement(labeler_gold, [r.labels for r in pr.parse_reports(reports, cfg["parse_reports"])])
     return {"reports": len(table), "seconds": dt, "reports_s": len(table) / dt, "synthetic": synthetic,
@@ -115,9 +115,9 @@ def bench_real_reports(reports: pd.DataFrame, gold_table: str | Path, misses: in
     count a probable finding and leave one only offered as a possibility unlabelled ("two_grade"), so scoring
     the CheXpert labeler's convention (every hedge -1, counted as present) against them would count as parser
     errors what is a difference of convention. The other convention's figures are in `by_convention`."""
-    from .reports import real
-    from .reports.score import HEDGE_CONVENTIONS
-    from .stages import parse_reports as pr
+    from ..reports import real
+    from ..reports.score import HEDGE_CONVENTIONS
+    from ..stages import parse_reports as pr
 
     cfg = config.load()["parse_reports"]
     gold = real.read_gold(gold_table)
@@ -176,7 +176,7 @@ def bench_segment(shard: str | None = None, weights: str | None = None) -> dict:
     synthetic shard: the speed does not depend on the weights."""
     import torch
 
-    from .stages import crop, segment
+    from ..stages import crop, segment
 
     cfg = config.load()
     shard = shard or "results/normalize/shard-00000.h5"
@@ -212,8 +212,8 @@ def bench_segment_table(table: str, weights: str | None, holdout: float, cfg_pat
     aside for scoring and 10 % for early stopping. Dice is pooled over every scored image."""
     import torch
 
-    from .masks import detect_format
-    from .stages import segment, train_segmenter as ts
+    from ..masks import detect_format
+    from ..stages import segment, train_segmenter as ts
 
     import yaml
 
@@ -261,7 +261,7 @@ def bench_segment_table(table: str, weights: str | None, holdout: float, cfg_pat
 
 def bench_pairing(results: str = "results") -> dict:
     """ROI <-> phrase pairing on the workflow's crop and report shards, scored on the synthetic truth."""
-    from .pairing import accuracy_on_truth
+    from ..pairing import accuracy_on_truth
 
     truth = Path(config.load()["data"]["synthetic"]["out_dir"]) / "ground_truth"
     crops = sorted(Path(results, "crop").glob("shard-*.h5"))
@@ -277,7 +277,7 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         table: str | None = None, weights: str | None = None, holdout: float = 0.2, cfg_path: str | None = None,
         folds: int = 0) -> dict:
     if stage == "backbones":
-        from .bench_backbones import bench_backbones
+        from .backbones import bench_backbones
 
         res = bench_backbones(n or 3)
         print(f"backbones: one region-aware training step (4 losses, AdamW), the same 8 images / 16 ROIs / texts, "
@@ -289,7 +289,7 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         print(f"  BiomedCLIP-sized / medclip-tiny: step time {res['step_ratio']:.1f}x, peak RSS {res['peak_ratio']:.1f}x")
         return res
     if stage == "train":
-        from .bench_train import bench_train
+        from .train import bench_train
 
         res = bench_train(n or 10, teacher_model)
         a, b = res["cached"], res["online"]
@@ -310,7 +310,7 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
               f"PNG pixels {ld['png_loader_samples_s']:.0f}/s: {ld['loader_ratio']:.2f}x")
         return res
     if stage == "scale":
-        from .bench_scale import bench_scale
+        from .scale import bench_scale
 
         res = bench_scale(n or 48)
         print(f"scale: the same {res['N']['images']}-image and {res['10N']['images']}-image synthetic sets "
@@ -348,7 +348,7 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         cfg = config.load()
         masks = Path(cfg["data"]["synthetic"]["out_dir"]) / "ground_truth" / "masks"
         if shards and masks.exists():
-            from .stages.train_segmenter import evaluate_shards
+            from ..stages.train_segmenter import evaluate_shards
 
             dice = evaluate_shards(shards, masks, "test", cfg["segment"]["min_lesion_area"])
             print("workflow segment shards, synthetic test split: " + _figures(dice))
@@ -358,7 +358,7 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         print(f"pairing: {res['pairs']} ROI-phrase pairs (lesion {res['lesion']}, zone {res['zone']}, lung "
               f"{res['lung']}); {res['judged']} judged on synthetic truth: accuracy {res['accuracy']:.4f}")
     elif stage == "parse-reports" and (gold or reports or iu):
-        from .reports import real
+        from ..reports import real
 
         if not gold or bool(reports) == bool(iu):
             raise SystemExit("bench parse-reports on real reports: --gold (or --negbio) and one of --reports / --iu")
