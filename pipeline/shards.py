@@ -255,13 +255,29 @@ def describe(path: str | Path, row: int | None = None) -> str:
 def _summary(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ", ".join(f"{k}: {_summary(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, np.ndarray) and v.size > 8:
-        return f"array{v.shape} {v.dtype} min={v.min()} max={v.max()} mean={v.mean():.3f}"
+    if isinstance(v, np.ndarray) and v.size > 8 and v.dtype.kind in "biuf":
+        return f"array{v.shape} {v.dtype} {_array_stats(v)}"
     if isinstance(v, np.ndarray):
         return np.array2string(v, precision=4)
     if isinstance(v, list) and len(v) > 8:
         return f"[{', '.join(map(repr, v[:8]))}, ... ({len(v)} items)]"
     return repr(v)
+
+
+def _array_stats(v: np.ndarray, max_levels: int = 6) -> str:
+    """Statistics that survive NaN (unknown labels are NaN): for a small-integer array (labels, masks) the count
+    of each value, highest first, and `blank` for NaN; otherwise NaN-aware min / max / mean and the NaN count."""
+    values = v.astype(np.float64).ravel()
+    blank = np.isnan(values)
+    known = values[~blank]
+    if not known.size:
+        return f"all {values.size} NaN"
+    levels, counts = np.unique(known, return_counts=True)
+    if len(levels) <= max_levels and np.all(levels == np.round(levels)) and np.all(np.abs(levels) < 1000):
+        parts = [f"{int(x)}: {c}" for x, c in zip(levels[::-1], counts[::-1])]
+        return ", ".join(parts + ([f"blank: {int(blank.sum())}"] if blank.any() else []))
+    nan = f" NaN={int(blank.sum())} of {values.size}" if blank.any() else ""
+    return f"min={known.min():.4g} max={known.max():.4g} mean={known.mean():.4g}{nan}"
 
 
 def check(path: str | Path) -> list[str]:

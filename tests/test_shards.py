@@ -119,3 +119,17 @@ def test_a_truncated_shard_is_named_in_the_error(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])  # a copy cut short
     with pytest.raises(OSError, match=r"shard-00003\.h5.*truncated file"):
         len(Shard(path))
+
+
+def test_describe_counts_label_values_and_blanks_instead_of_nan_statistics(tmp_path):
+    labels = np.array([1] * 3 + [0] * 5 + [-1] * 2 + [np.nan] * 4, dtype=np.float32)  # CheXpert-style, NaN = blank
+    scores = np.array([0.5, np.nan, 1.5, 2.5, np.nan, 0.25, 3.0, 1.0, 2.0, 0.75], dtype=np.float32)
+    with ShardWriter(tmp_path / "s.h5", stage="demo", stage_version=1, config={}, image_id=["a"]) as w:
+        w.rows("labels", labels[None])
+        w.rows("scores", scores[None])
+        w.rows("unknown", np.full((1, 10), np.nan, np.float32))
+    text = describe(tmp_path / "s.h5", row=0)
+    assert "labels = array(14,) float32 1: 3, 0: 5, -1: 2, blank: 4" in text
+    assert "scores = array(10,) float32 min=0.25 max=3 mean=1.438 NaN=2 of 10" in text
+    assert "unknown = array(10,) float32 all 10 NaN" in text
+    assert "nan" not in text
