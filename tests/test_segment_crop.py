@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -257,3 +258,20 @@ def test_cross_validation_folds_score_every_patient_once():
     assert sorted(sum(folds, [])) == sorted(patients)  # disjoint and covering
     assert all(20 <= len(f) <= 60 for f in folds)
     assert folds[0] != [p for p in patients if train_segmenter._hash_split(p, {"folds": 5, "fold": 0, "seed": 4}) == "test"]
+
+
+def test_qc_ranks_unflagged_images_by_distance_from_typical_lungs_and_captions_the_score():
+    from pipeline import qc
+
+    table = pd.DataFrame({  # every value inside the plausible ranges: no flag, yet not equally typical
+        "image_id": ["a_typical", "b_small_fraction", "c_lopsided", "d_slightly_off"],
+        "shard": "shard-00000.h5", "row": [0, 1, 2, 3],
+        "lung_area_fraction": [0.235, 0.12, 0.235, 0.30],
+        "left_right_ratio": [0.87, 0.87, 1.4, 0.87],
+        "lesion_area": 0, "no_lungs": False})
+    out = qc.ranked(table)
+    assert (out["flags"] == "").all()
+    assert out["image_id"].tolist() == ["c_lopsided", "b_small_fraction", "d_slightly_off", "a_typical"]
+    assert out["score"].is_monotonic_decreasing and out["score"].iloc[-1] < 0.02 and out["score"].iloc[0] < 1
+    text = qc.caption(1, next(out.itertuples()))
+    assert text.startswith("#1 c_lopsided") and f"score {out['score'].iloc[0]:.2f}" in text and "L/R 1.40" in text
