@@ -5,7 +5,7 @@ STAGE_VERSIONS = {
     "synthesize": 2,
     "ingest": 3,
     "normalize": 3,
-    "parse_reports": 2,
+    "parse_reports": 3,
     "train_segmenter": 2,
     "segment": 1,
     "crop": 1,

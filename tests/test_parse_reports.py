@@ -151,6 +151,29 @@ def test_phrase_keeps_its_finding_and_place(cfg):
     assert ph[2].size == "small" and ph[1].uncertain and ph[2].sentence_index == 1
 
 
+@pytest.mark.parametrize("sentence, expected", [
+    ("8 mm nodule in the right upper lobe.", [("Lung Lesion", "8 mm")]),
+    ("There is a 1.2 cm nodule in the left lower lobe.", [("Lung Lesion", "1.2 cm")]),
+    ("Left upper lobe mass measuring 3 x 4 cm.", [("Lung Lesion", "3 x 4 cm")]),
+    ("A 6mm right lower lobe nodule.", [("Lung Lesion", "6 mm")]),
+    ("Mild pulmonary edema.", [("Edema", "mild")]),
+    ("Trace left pleural effusion.", [("Pleural Effusion", "trace")]),
+    ("Tiny right apical pneumothorax.", [("Pneumothorax", "tiny")]),
+    ("Moderate right pleural effusion.", [("Pleural Effusion", "moderate")]),
+    ("Large left pleural effusion.", [("Pleural Effusion", "large")]),
+    ("Small to moderate right pleural effusion.", [("Pleural Effusion", "small to moderate")]),
+    ("Heart size is mildly enlarged.", [("Cardiomegaly", "mild")]),
+    ("Left pleural effusion.", [("Pleural Effusion", "")]),
+])
+def test_phrase_size_is_the_measurement_or_the_grade_word_as_written(cfg, sentence, expected):
+    assert [(p.observation, p.size) for p in pr.parse_reports([sentence], cfg)[0].phrases] == expected
+
+
+def test_a_distance_is_no_size():
+    assert pr.size_of("endotracheal tube tip 3 cm above the carina") == ""
+    assert pr.size_of("3x4x5 mm opacity") == "3 x 4 x 5 mm" and pr.size_of("mass of 5.5 centimeters") == "5.5 cm"
+
+
 def test_sections_of_a_mimic_report():
     text = (" FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n INDICATION:  ___ with cough.\n\n"
             " COMPARISON:  None.\n\n FINDINGS: \n\n Lungs are clear.  No effusion.\n\n IMPRESSION: \n\n"

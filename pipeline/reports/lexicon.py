@@ -279,11 +279,24 @@ LATERALITY = vocab.SIDE_WORDS
 ZONES = vocab.ZONE_WORDS
 DEFAULT_ZONE = vocab.DEFAULT_ZONE
 
-SIZES = {
-    "trace": "small", "tiny": "small", "small": "small", "minimal": "small", "mild": "small", "mildly": "small",
-    "moderate": "moderate", "moderately": "moderate", "large": "large", "severe": "large", "severely": "large",
-    "massive": "large", "extensive": "large",
+# a phrase's size: a measurement as written ("8 mm", "1.2 cm", "3 x 4 cm"), else its grade word, kept as the
+# report's own word ("mild" is not "small"); adverbs read as their adjective ("moderately" -> "moderate") and a
+# range keeps both ends ("small to moderate")
+SIZE_GRADES = {
+    "trace": "trace", "tiny": "tiny", "minimal": "minimal", "small": "small", "mild": "mild", "mildly": "mild",
+    "moderate": "moderate", "moderately": "moderate", "large": "large", "severe": "severe", "severely": "severe",
+    "massive": "massive", "extensive": "extensive",
 }
+_NUMBER = r"\d+(?:\.\d+)?"
+SIZE_UNITS = {"mm": "mm", "millimeter": "mm", "millimeters": "mm", "millimetre": "mm", "millimetres": "mm",
+              "cm": "cm", "centimeter": "cm", "centimeters": "cm", "centimetre": "cm", "centimetres": "cm"}
+# "3 x 4 cm", "3x4x5 mm", "8-mm", "1.2 cm"; not a distance ("tip 3 cm above the carina")
+SIZE_MEASURED = (  # patterns as text, compiled (case-insensitive) where used, like NORMAL_STATEMENT
+    rf"(?<![\w.])(?P<dims>{_NUMBER}(?:\s*(?:x|×|by)\s*{_NUMBER}){{0,2}})\s*-?\s*"
+    rf"(?P<unit>{'|'.join(sorted(SIZE_UNITS, key=len, reverse=True))})\b"
+    r"(?!\s+(?:above|below|from|proximal|distal|beyond|superior|inferior|lateral|medial)\b)")
+SIZE_GRADE = (rf"\b(?P<grade>{'|'.join(SIZE_GRADES)})"
+              rf"(?:(?:\s*-\s*|\s+)to(?:\s*-\s*|\s+)(?P<to>{'|'.join(SIZE_GRADES)}))?\b")
 
 # tokens that end the clause a phrase is cut from
 CLAUSE_BREAKS = {",", ";", ":", "and", "or", "but", "with", "without", "versus", "vs", "vs.", "which", "likely",

@@ -175,6 +175,25 @@ def _zone(words: list[str]) -> str:
     return next((lx.ZONES[w] for w in words if w in lx.ZONES), "")
 
 
+_SIZE_MEASURED = re.compile(lx.SIZE_MEASURED, re.I)
+_SIZE_GRADE = re.compile(lx.SIZE_GRADE, re.I)
+
+
+def size_of(text: str) -> str:
+    """A phrase's size from its clause: the first measurement as written, spacing and unit normalised ("8mm" ->
+    "8 mm", "3x4 centimeters" -> "3 x 4 cm"), else the grade word as the report says it ("mild", "trace",
+    "small to moderate"; adverbs as adjectives), else ""."""
+    m = _SIZE_MEASURED.search(text)
+    if m:
+        dims = re.split(r"\s*(?:x|×|by)\s*", m["dims"], flags=re.I)
+        return f"{' x '.join(dims)} {lx.SIZE_UNITS[m['unit'].lower()]}"
+    m = _SIZE_GRADE.search(text)
+    if not m:
+        return ""
+    grade = lx.SIZE_GRADES[m["grade"].lower()]
+    return f"{grade} to {lx.SIZE_GRADES[m['to'].lower()]}" if m["to"] else grade
+
+
 def phrases_of(doc, section: str, sentence_offset: int = 0) -> list[Phrase]:
     out = []
     sents = list(doc.sents)
@@ -198,7 +217,7 @@ def phrases_of(doc, section: str, sentence_offset: int = 0) -> list[Phrase]:
             zone = zone or _zone(sent_words)
         if not negated or side:  # where it sits when unsaid; "no pleural effusion" is nowhere, "no right ..." is
             zone = zone or lx.DEFAULT_ZONE.get(ent.label_, "")
-        size = next((lx.SIZES[w] for w in words if w in lx.SIZES), "")
+        size = size_of(clause.text)
         out.append(Phrase(section, sentence_offset + index[ent.sent.start], ent.sent.text, phrase or ent.text,
                           ent.label_, negated, uncertain, side, zone, size, hedge if uncertain else ""))
     for i, sent in enumerate(sents):
