@@ -97,7 +97,9 @@ def figure(shard: str | Path, row: int) -> plt.Figure:
     caption = f"{image_id}"
     if rows["parse_reports"]:
         lines = textwrap.wrap("; ".join(phrase_items(rows["parse_reports"]["phrases"])), 80)
-        caption += "\n" + "\n".join(lines[:6] if len(lines) <= 6 else lines[:5] + [f"... ({len(lines) - 5} more lines)"])
+        if len(lines) > 6:
+            lines = lines[:5] + [f"... ({len(lines) - 5} more lines)"]
+        caption += "\n" + "\n".join(lines)
     ax.set_title(caption, fontsize=7)
     ax.axis("off")
     fig.tight_layout()
