@@ -28,6 +28,7 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="on an error, the full traceback instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("inspect", help="print a shard's tree, attributes and one row")
@@ -136,6 +137,21 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--config", default=None, help="a config file merged over the repository's config.yaml")
 
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # one line for the user; the traceback on request
+        if args.debug:
+            raise
+        message = " ".join(str(e).split()) or "(no message)"
+        print(f"error: {message} ({type(e).__name__}; python -m pipeline --debug {args.command} ... for the traceback)",
+              file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command `args.command`; its exit status."""
     if args.command == "inspect":
         from .shards import describe
 
