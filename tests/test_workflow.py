@@ -133,8 +133,13 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
     assert json.loads((tiny_run / "results/train/student@1/summary.json").read_text())["seed"] == summary["seed"] + 1
     metrics = json.loads((tiny_run / "results/evaluate/metrics.json").read_text())
     assert metrics["pairing_on_truth"]["judged"] > 0
+    controls = {f"{run}/{c}" for run in ("student", "global_only", "baseline") for c in ("mean_image", "other_patient")}
     assert set(metrics["runs"]) == {"baseline", "student", "global_only", "no_roi", "no_neg", "no_distill", "student@1",
-                                    "global_only@1", "baseline/crop", "global_only/crop"}
+                                    "global_only@1", "baseline/crop", "global_only/crop"} | controls
+    # figures only the image can win, beside the input controls and the null band of 3 untrained models
+    assert {"presence/auroc", "region/same_position_top1", "robust/balanced_negation"} <= set(metrics["runs"]["student"])
+    assert metrics["null_band"]["models"] == 3 and "presence/auroc" in metrics["null_band"]["figures"]
+    assert "student - student/mean_image" in metrics["paired"]
     for figures in metrics["runs"].values():
         for key in ("i2r/R@1", "r2i/median_rank", "region/top1", "robust/negated", "robust/converse"):
             f = figures[key]
@@ -157,7 +162,9 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
                           tiny_run / "data/synthetic/ground_truth")
     assert {k: v["sha256"] for k, v in pinned.items()} == {k: v["sha256"] for k, v in metrics["manifests"].items()}
     report = (tiny_run / "results/evaluate/report.md").read_text()
-    assert "| student |" in report and report.index("## Student vs global_only (2 seeds)") < report.index("| student |")
+    assert report.index("## Figures only the image can win") < report.index("## Student vs global_only (2 seeds)")
+    assert report.index("## Student vs global_only (2 seeds)") < report.index("## Headline, every run")
+    assert "| student/mean_image |" in report and "| chance: 3 untrained medclip-tiny |" in report
     assert (tiny_run / "results/evaluate/roc.png").stat().st_size > 0
     assert list((tiny_run / "results/visualize").glob("grounding-*.png"))
 
