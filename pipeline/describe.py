@@ -6,7 +6,8 @@ falls in) through models.embed_images_and_rois, a mask by each patch's share of 
 region's embedding is then read against the concept pool of L_distill (concepts.py): per regional finding the
 probability it is present rather than absent, and where the region is (side and zone: the pool's softmax mass on
 each). `--text "..."` scores a phrase against the region: its similarity, and for a negated phrase whether the
-model thinks it grounds to nothing.
+model thinks it grounds to nothing: the call of grounding.decide, the rule `ground` uses, with its margin from the
+threshold. First the checkpoint's provenance (predict.provenance).
 """
 
 from __future__ import annotations
@@ -94,19 +95,15 @@ def concepts(emb, r: Region) -> tuple[dict[str, float], dict[str, float], dict[s
 
 
 def score_text(emb, r: Region, text: str) -> str:
-    """One line about a phrase: its similarity with the region and whether it is there."""
+    """One line about a phrase: its similarity with the region and the presence call (grounding.decide, the rule
+    `ground` uses) with its margin from the threshold."""
     sim = float(emb.texts([text])[0] @ r.embedding)
-    parts = grounding.negation_parts(text)
-    if parts:
-        pos, negated = emb.texts(list(parts))
-        p = float(grounding.presence(r.embedding[None], pos, negated, emb.scale)[0])
-        verdict = "not present here (the negation holds)" if p < 0.5 else f'present here: "{parts[0]}" is preferred'
-        return f'text "{text}": similarity {sim:.3f}; p("{parts[0]}") {p:.3f}: {verdict}'
     if grounding.is_normal_statement(text):
         return f'text "{text}": similarity {sim:.3f}; a normal statement names nothing to point at'
-    pos, negated = emb.texts([text, f"no {text}"])
-    p = float(grounding.presence(r.embedding[None], pos, negated, emb.scale)[0])
-    return f'text "{text}": similarity {sim:.3f}; p(present vs "no {text}") {p:.3f}'
+    affirmed, negated = grounding.contrast(text)
+    pos, neg = emb.texts([affirmed, negated])
+    call = grounding.decide(r.embedding, pos, neg, emb.scale, affirmed, negated)
+    return f'text "{text}": similarity {sim:.3f}; {call.line()}'
 
 
 def main(image: str, checkpoint: str, box: str | None, point: str | None, mask: str | None, text: str | None,
@@ -115,7 +112,7 @@ def main(image: str, checkpoint: str, box: str | None, point: str | None, mask: 
     from PIL import Image
 
     from . import config as config_mod
-    from .predict import load_model
+    from .predict import load_model, provenance
     from .stages.normalize import Rejected, as_uint8, normalize_file
 
     overrides = {}
@@ -142,6 +139,8 @@ def main(image: str, checkpoint: str, box: str | None, point: str | None, mask: 
     r = region(emb, normalized, transform, box=parse_pair(box, 4, "--box") if box else None,
                point=parse_pair(point, 2, "--point") if point else None, mask=m)
     findings, side, zone = concepts(emb, r)
+    for line in provenance(checkpoint, cfg):
+        print(line)
     print(f"region: {r.where} ({r.patches} of {r.grid * r.grid} patches)")
     print(f"{'finding':22s} present  absent")
     for o, p in sorted(findings.items(), key=lambda t: -t[1]):

@@ -20,6 +20,7 @@ Metrics (REAL-DATA.md section 2, the BioViL / BioViL-T protocol as third-party c
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -143,6 +144,53 @@ def presence(region: np.ndarray, positive: np.ndarray, negative: np.ndarray, sca
     against its negation."""
     logit = scale * (region @ positive - region @ negative)
     return 1.0 / (1.0 + np.exp(-logit))
+
+
+PRESENT_AT = 0.5  # p(present) at or above this: the affirmed finding is there (a logit difference of 0)
+
+
+@dataclass
+class Call:
+    """One "is the finding there" decision (`decide`): the one rule `ground` and `describe` share."""
+
+    affirmed: str  # "left pleural effusion"
+    negated: str  # "no left pleural effusion"
+    p: float  # p(affirmed rather than negated), `presence`
+    logit: float  # scale * (cos(region, affirmed) - cos(region, negated)); p = sigmoid(logit)
+    index: int = 0  # which of the regions decided
+
+    @property
+    def present(self) -> bool:
+        return self.p >= PRESENT_AT
+
+    @property
+    def margin(self) -> float:
+        """p - PRESENT_AT: how far from the threshold the call was (sign: present > 0 > absent)."""
+        return self.p - PRESENT_AT
+
+    def line(self) -> str:
+        """The call as both commands print it."""
+        verdict = f'present ("{self.affirmed}" preferred)' if self.present else f'absent ("{self.negated}" preferred)'
+        return (f'p("{self.affirmed}") {self.p:.3f} against "{self.negated}", margin {self.margin:+.3f} from the '
+                f"threshold {PRESENT_AT:g} (logit {self.logit:+.3f}): {verdict}")
+
+
+def contrast(phrase: str) -> tuple[str, str]:
+    """(affirmed, negated) statements a phrase is decided by: its own parts when it negates something, else the
+    phrase against "no <phrase>"."""
+    parts = negation_parts(phrase)
+    return parts if parts is not None else (phrase.strip(), f"no {phrase.strip()}")
+
+
+def decide(regions: np.ndarray, positive: np.ndarray, negative: np.ndarray, scale: float,
+           affirmed: str = "", negated: str = "") -> Call:
+    """The call for the region (D,) or, for regions (R, D), the region most in favour of the affirmed statement
+    (a finding is there when some region holds it)."""
+    regions = np.atleast_2d(regions)
+    logits = scale * (regions @ positive - regions @ negative)
+    best = int(np.argmax(logits))
+    p = float(presence(regions[best : best + 1], positive, negative, scale)[0])
+    return Call(affirmed, negated, p, float(logits[best]), best)
 
 
 # ------------------------------------------------------------------------------------------ metrics

@@ -8,9 +8,16 @@ boxes (`crop.padded_rois`), and the model's ROI embeddings (`models.embed_images
     zeroshot   the 14 observation probabilities: softmax over a positive and a negative prompt ensemble
                (the same prompts and rule as evaluate's zero-shot AUROC);
     ground     the phrase's heat map over the image's ROIs (evaluate.heat_map) beside the dense patch-level map
-               (grounding.similarity_map) drawn on the radiograph; a negated or normal phrase the model finds
-               nowhere ("no left pleural effusion" where no region prefers "left pleural effusion") prints
-               "not present" and draws nothing.
+               (grounding.similarity_map) drawn on the radiograph, each with a colour bar; first the presence
+               call (grounding.decide, the rule `describe --text` uses) at the ROI most in favour of the affirmed
+               finding, with its margin from the threshold; a negated or normal phrase the model finds nowhere
+               ("no left pleural effusion" where no region prefers "left pleural effusion") prints "not present"
+               and draws nothing.
+
+Both (and `describe`) first print what the checkpoint is (`provenance`): its run's summary.json (images, steps,
+selection), its training source (spec.json, else results/ingest/studies.csv) and its test figures from the
+workflow's results/evaluate/metrics.json against the null band, with a warning when it saw synthetic films only or
+sits at chance.
 
 A checkpoint is an open_clip state dict (`results/train/<run>/model.pt`, `results/teacher/model.pt`) or a
 training checkpoint (`checkpoints/last.pt`, which names its own architecture). Nothing from the file's header
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 
 from . import config as config_mod
+from . import grounding
 from .labels import OBSERVATIONS
 from .stages.crop import padded_rois
 from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map, roi_weights
@@ -101,25 +109,114 @@ def ground(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[np.ndarray, 
 
 def dense_map(emb: Embedder, rad: PreparedImage, phrase: str) -> np.ndarray:
     """The phrase's patch-level similarity map over the image (grounding.similarity_map)."""
-    from . import grounding
-
     patches = grounding.patch_features(emb.model, rad.image[None])[0]
     return grounding.similarity_map(patches, emb.texts([phrase])[0], rad.image.shape)
 
 
-def groundable(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[bool, float, str] | None:
-    """For a negated phrase: (whether some ROI prefers the affirmed finding over the phrase, the best ROI's
-    p(present), the affirmed phrase); for a normal statement (False, NaN, ""); None for any other phrase."""
-    from . import grounding
-
-    parts = grounding.negation_parts(phrase)
-    if parts is None:
-        return (False, float("nan"), "") if grounding.is_normal_statement(phrase) else None
+def decide(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[grounding.Call, str] | None:
+    """The presence call for `phrase` (grounding.decide: the rule describe uses) at the ROI most in favour of its
+    affirmed form, with that ROI's label; None for a normal statement, which names nothing to point at."""
+    if grounding.is_normal_statement(phrase):
+        return None
     keep = np.array([lab != "image" for lab in rad.labels]) if len(rad.labels) > 1 else np.ones(1, bool)
     _, rois = emb.images_and_rois(rad.image[None], np.zeros(int(keep.sum()), np.int64), rad.boxes[keep])
-    pos, neg = emb.texts(list(parts))
-    p = float(grounding.presence(rois, pos, neg, emb.scale).max())
-    return p >= 0.5, p, parts[0]
+    affirmed, negated = grounding.contrast(phrase)
+    pos, neg = emb.texts([affirmed, negated])
+    call = grounding.decide(rois, pos, neg, emb.scale, affirmed, negated)
+    return call, [lab for lab, k in zip(rad.labels, keep) if k][call.index]
+
+
+HEADLINE = ("auroc/mean", "i2r/R@10", "presence/auroc")  # the test figures a command prints about its checkpoint
+
+
+def run_folder(checkpoint: str | Path) -> Path:
+    """results/train/<run> of a run's model.pt or of its checkpoints/last.pt."""
+    folder = Path(checkpoint).resolve().parent
+    return folder.parent if folder.name == "checkpoints" else folder
+
+
+def training_source(run: Path, spec: dict, synthetic_dir: str) -> str | None:
+    """Where the run's training images came from: the spec's data source when it names one, else the train rows of
+    results/ingest/studies.csv (synthetic when every image lies under data.synthetic.out_dir)."""
+    data = spec.get("data") if isinstance(spec.get("data"), dict) else {}
+    named = spec.get("source") or data.get("source")
+    if named:
+        return str(named)
+    studies = run.parent.parent / "ingest" / "studies.csv"
+    if not studies.is_file():
+        return None
+    import pandas as pd
+
+    rows = pd.read_csv(studies, usecols=["split", "image_path"], dtype=str)
+    paths = rows.loc[rows["split"] == "train", "image_path"].fillna("")
+    prefix = str(Path(synthetic_dir)).rstrip("/") + "/"
+    synthetic = int(paths.map(lambda x: x.startswith(prefix) or f"/{prefix}" in x).sum())
+    if synthetic == len(paths):
+        return "synthetic"
+    return "real" if synthetic == 0 else f"mixed: {synthetic} synthetic and {len(paths) - synthetic} other train images"
+
+
+def provenance(checkpoint: str | Path, cfg: dict) -> list[str]:
+    """What the checkpoint is, read from its run folder (summary.json, spec.json, results/ingest/studies.csv) and
+    the workflow's results/evaluate/metrics.json, with a warning when it saw synthetic films only or its test
+    figures lie at chance (within the null band, else an AUROC interval holding 0.5)."""
+    run = run_folder(checkpoint)
+    results = run.parent.parent if run.parent.name == "train" else run.parent  # results/train/<run>, results/teacher
+    name = "baseline" if run.name == "teacher" else run.name  # evaluate calls the teacher the baseline
+    lines, warnings = [], []
+    summary_path, spec_path = run / "summary.json", run / "spec.json"
+    if summary_path.is_file():
+        import json
+
+        summary = json.loads(summary_path.read_text())
+        spec = json.loads(spec_path.read_text()) if spec_path.is_file() else {}
+        source = training_source(run, spec, cfg["data"]["synthetic"]["out_dir"])
+        selected = summary.get("select", "?")
+        if summary.get("best_step") is not None:
+            selected += f" (step {summary['best_step']})"
+        lines.append(f"checkpoint: run {run.name} ({run}): trained on {summary.get('images', '?')} "
+                     f"{source or 'unknown-source'} images, {summary.get('steps', '?')} steps, "
+                     f"selection {selected}, seed {summary.get('seed', '?')}, init {summary.get('init', '?')}")
+        if source == "synthetic":
+            warnings.append("trained on synthetic films only: its probabilities and maps on a real radiograph "
+                            "are not clinical findings")
+        elif source is None:
+            warnings.append("the training source is unknown (no results/ingest/studies.csv beside the run)")
+    else:
+        lines.append("checkpoint: unknown provenance: no summary.json beside the checkpoint")
+    metrics_path = results / "evaluate" / "metrics.json"
+    figures = {}
+    if metrics_path.is_file():
+        import json
+
+        metrics = json.loads(metrics_path.read_text())
+        figures = metrics.get("runs", {}).get(name, {})
+        band = metrics.get("null_band", {}).get("figures", {})
+        shown, at_chance = [], []
+        for k in HEADLINE if figures else ():
+            f = figures.get(k)
+            if not isinstance(f, dict) or f.get("value") is None:
+                continue
+            text = f"{k} {f['value']:.3f} ({f.get('ci_low', float('nan')):.3f}-{f.get('ci_high', float('nan')):.3f})"
+            b = band.get(k)
+            if b:  # higher is better for each headline figure: at or under the band's top is chance
+                text += f" [chance {b['low']:.3f}-{b['high']:.3f}]"
+                if f["value"] <= b["high"]:
+                    at_chance.append(k)
+            elif "auroc" in k and f.get("ci_low", 1) <= 0.5 <= f.get("ci_high", 0):
+                at_chance.append(k)
+            shown.append(text)
+        if shown:
+            lines.append(f"test split of {metrics_path} (95% interval"
+                         + (", [null band of untrained models])" if band else ")") + ": " + "; ".join(shown))
+        if at_chance:
+            warnings.append("at chance on its own test split (" + ", ".join(at_chance)
+                            + (" at or under the null band's top)" if band else ": intervals hold 0.5)"))
+    if not figures:
+        lines.append(f"test figures: none (no run {name!r} in {metrics_path})" if metrics_path.is_file()
+                     else f"test figures: none (no {metrics_path})")
+    return lines + [f"warning: this checkpoint was {w}" if w.startswith(("trained", "at chance")) else f"warning: {w}"
+                    for w in warnings]
 
 
 def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path,
@@ -132,16 +229,22 @@ def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str,
 
     from .io import atomic_path
 
-    fig, axes = plt.subplots(1, 1 if dense is None else 2, figsize=(4.5 if dense is None else 8.6, 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, 1 if dense is None else 2, figsize=(5.2 if dense is None else 10.2, 4.8), squeeze=False)
     ax = axes[0, 0]
     if dense is not None:
         d = axes[0, 1]
         d.imshow(rad.image, cmap="gray", vmin=0, vmax=255)
-        d.imshow(np.ma.masked_invalid(dense), cmap="jet", alpha=0.35)
+        shown = d.imshow(np.ma.masked_invalid(dense), cmap="jet", alpha=0.35)
         d.set_title("dense map: each patch vs the phrase", fontsize=9)
         d.axis("off")
+        bar = fig.colorbar(shown, ax=d, fraction=0.046, pad=0.02)
+        bar.set_label("cosine similarity, patch vs phrase (smoothed)", fontsize=8)
+        bar.solids.set_alpha(1)
     ax.imshow(rad.image, cmap="gray", vmin=0, vmax=255)
-    ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    shown = ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label("ROI weight (softmax over ROIs of similarity to phrase)", fontsize=8)
+    bar.solids.set_alpha(1)
     best = int(np.argmax(weights))
     for k, (x0, y0, x1, y1) in enumerate(rad.boxes):
         if rad.labels[k] != "image":
@@ -173,21 +276,29 @@ def main(command: str, checkpoint: str, image: str, phrase: str | None, out: str
                              + (" (run the workflow first, or pass --segmenter)" if what == "segmenter" else ""))
     rad = prepare(image, cfg, seg)
     emb = load_model(checkpoint, model, cfg, torch.device("cpu"))
+    for line in provenance(checkpoint, cfg):
+        print(line)
     if rad.no_lungs:
         print("note: no lungs found; the ROIs are the prior boxes")
     if command == "zeroshot":
         for o, p in zeroshot(emb, rad.image).items():
             print(f"{o:28s} {p:.3f}")
         return 0
-    verdict = groundable(emb, rad, phrase)
-    if verdict is not None and not verdict[0]:
-        why = (f'no region prefers "{verdict[2]}" (best p {verdict[1]:.3f})' if verdict[2]
-               else "a normal statement names nothing to point at")
-        print(f'not present: "{phrase}" grounds to nothing ({why}); no map drawn')
+    decided = decide(emb, rad, phrase)
+    if decided is None:
+        print(f'not present: "{phrase}" grounds to nothing (a normal statement names nothing to point at); '
+              "no map drawn")
         return 0
-    if verdict is not None:
-        print(f'note: the model finds "{verdict[2]}" (p {verdict[1]:.3f}), against "{phrase}"; its map follows')
-        phrase = verdict[2]
+    call, where = decided
+    print(f"call at {where} (the ROI most in favour): {call.line()}")
+    if grounding.negation_parts(phrase) is not None:
+        if not call.present:
+            print(f'not present: "{phrase}" grounds to nothing (no region prefers "{call.affirmed}"); no map drawn')
+            return 0
+        print(f'note: the model finds "{call.affirmed}" (p {call.p:.3f}), against "{phrase}"; its map follows')
+        phrase = call.affirmed
+    elif not call.present:
+        print(f'note: the call is absent; the map shows where "{phrase}" is most similar, not a finding')
     heat, weights = ground(emb, rad, phrase)
     for k in np.argsort(-weights):
         if weights[k] > 0:

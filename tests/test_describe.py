@@ -76,3 +76,98 @@ def test_describe_command_box_point_mask(tiny):
 def test_concept_pool_is_what_describe_reads():
     pool = concept_pool()
     assert grounding.negation_parts(pool.prompt[1]) == (pool.prompt[0], pool.prompt[1])
+
+
+def _prepared(tiny):
+    """The tiny image through normalize, with one ROI (the lower right quarter of the file) standing in for the
+    U-Net's: what predict.prepare returns."""
+    from pipeline import config
+    from pipeline.predict import PreparedImage
+    from pipeline.stages.normalize import as_uint8, normalize_file, to_normalized
+
+    cfg = config.load(None, {})
+    image, transform, _ = normalize_file(tiny / "image.png", cfg["normalize"])
+    size = image.shape[-1]
+    boxes = np.vstack([[0, 0, size, size], to_normalized(np.array([[48.0, 60, 96, 120]]), transform)])
+    return PreparedImage(as_uint8(image[None])[0], boxes, ["image", "left lower zone"], transform, False)
+
+
+@pytest.mark.parametrize("phrase", ["no left pleural effusion", "small left pleural effusion"])
+def test_ground_and_describe_make_the_same_call_with_the_same_margin(tiny, monkeypatch, capsys, phrase):
+    from pipeline import predict
+
+    rad = _prepared(tiny)
+    monkeypatch.setattr(predict, "prepare", lambda *a: rad)
+    monkeypatch.chdir(tiny)
+    predict.main("ground", str(tiny / "model.pt"), str(tiny / "image.png"), phrase, str(tiny / "g.png"), None,
+                 "medclip-tiny", str(tiny / "model.pt"))  # any file stands for the U-Net: prepare is replaced
+    said = capsys.readouterr().out
+    grounded = next(line for line in said.splitlines() if line.startswith("call at left lower zone"))
+    describe.main(str(tiny / "image.png"), str(tiny / "model.pt"), "48,60,96,120", None, None, phrase, None,
+                  "medclip-tiny")
+    described = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("text "))
+    call = grounded.split(": ", 1)[1]
+    assert "margin " in call and "threshold 0.5" in call and described.endswith(call), (grounded, described)
+
+
+def test_ground_prints_provenance_and_draws_colour_bars(tiny, monkeypatch, capsys):
+    import matplotlib.pyplot as plt
+
+    from pipeline import predict
+
+    rad = _prepared(tiny)
+    monkeypatch.setattr(predict, "prepare", lambda *a: rad)
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    predict.main("ground", str(tiny / "model.pt"), str(tiny / "image.png"), "left pleural effusion",
+                 str(tiny / "bars.png"), None, "medclip-tiny", str(tiny / "model.pt"))
+    said = capsys.readouterr().out
+    assert "unknown provenance: no summary.json beside the checkpoint" in said and (tiny / "bars.png").is_file()
+    labels = [ax.get_ylabel() for ax in figures[-1].axes]
+    assert any("ROI weight" in s for s in labels) and any("cosine similarity" in s for s in labels), labels
+
+
+def _run_folder(root, source_dir, figures, band=True):
+    import json
+
+    run = root / "results/train/student"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "model.pt").write_bytes(b"")
+    (run / "summary.json").write_text(json.dumps({"images": 173, "steps": 150, "select": "final", "seed": 0,
+                                                  "best_step": None, "init": "teacher"}))
+    (run / "spec.json").write_text(json.dumps({"cfg": {"steps": 150}}))
+    (root / "results/ingest").mkdir(parents=True)
+    (root / "results/ingest/studies.csv").write_text(
+        "image_id,split,image_path,report\n"
+        + "".join(f"i{k},{split},{source_dir}/files/p1/s{k}.dcm,\"a report, with a comma\"\n"
+                  for k, split in enumerate(["train", "train", "test"])))
+    (root / "results/evaluate").mkdir(parents=True)
+    metrics = {"runs": {"student": {k: {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 51}
+                                    for k, v in figures.items()}}}
+    if band:
+        metrics["null_band"] = {"figures": {"auroc/mean": {"low": 0.42, "high": 0.6},
+                                            "i2r/R@10": {"low": 0.17, "high": 0.23},
+                                            "presence/auroc": {"low": 0.44, "high": 0.57}}}
+    (root / "results/evaluate/metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+def test_provenance_names_the_source_the_figures_and_warns_at_chance(tmp_path):
+    from pipeline import config
+    from pipeline.predict import provenance
+
+    cfg = config.load(None, {})
+    chance = _run_folder(tmp_path / "a", cfg["data"]["synthetic"]["out_dir"],
+                         {"auroc/mean": 0.435, "i2r/R@10": 0.157, "presence/auroc": 0.501})
+    lines = "\n".join(provenance(chance / "model.pt", cfg))
+    assert "run student" in lines and "173 synthetic images, 150 steps, selection final" in lines
+    assert "auroc/mean 0.435 (0.335-0.535) [chance 0.420-0.600]" in lines and "presence/auroc 0.501" in lines
+    assert "warning: this checkpoint was trained on synthetic films only" in lines
+    assert "warning: this checkpoint was at chance on its own test split (auroc/mean, i2r/R@10, presence/auroc" in lines
+    assert lines == "\n".join(provenance(chance / "checkpoints/last.pt", cfg))  # a training checkpoint: its run
+    real = _run_folder(tmp_path / "b", "/data/mimic", {"auroc/mean": 0.81, "i2r/R@10": 0.4}, band=False)
+    lines = "\n".join(provenance(real / "model.pt", cfg))
+    assert "173 real images" in lines and "auroc/mean 0.810 (0.710-0.910)" in lines and "warning" not in lines
+    lines = "\n".join(provenance(tmp_path / "model.pt", cfg))
+    assert "unknown provenance: no summary.json beside the checkpoint" in lines and "test figures: none" in lines

@@ -97,3 +97,19 @@ def test_negation_parts_and_normal_statements():
     assert grounding.is_normal_statement("the lungs are clear") and not grounding.is_normal_statement("no effusion")
     p = grounding.presence(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1.0, 0.0]), np.array([0.0, 1.0]), 10.0)
     assert p[0] > 0.99 and p[1] < 0.01
+
+
+def test_one_presence_rule_with_its_margin():
+    pos, neg = np.array([1.0, 0.0]), np.array([0.0, 1.0])
+    regions = np.array([[0.6, 0.8], [0.8, 0.6]])  # the second prefers the affirmed statement by 0.2
+    call = grounding.decide(regions, pos, neg, 10.0, "left pleural effusion", "no left pleural effusion")
+    assert call.index == 1 and call.logit == pytest.approx(2.0) and call.p == pytest.approx(1 / (1 + np.exp(-2.0)))
+    assert call.present and call.margin == pytest.approx(call.p - grounding.PRESENT_AT)
+    assert "margin +0.381 from the threshold 0.5 (logit +2.000): present" in call.line()
+    alone = grounding.decide(regions[0], pos, neg, 10.0, "a", "no a")  # one region (D,)
+    assert not alone.present and alone.margin < 0 and "absent" in alone.line()
+    tie = grounding.decide(np.array([0.7, 0.7]), pos, neg, 10.0)  # exactly on the threshold: present
+    assert tie.present and tie.margin == 0.0
+    assert grounding.contrast("no left pleural effusion") == ("left pleural effusion", "no left pleural effusion")
+    assert grounding.contrast("small left pleural effusion") == ("small left pleural effusion",
+                                                                  "no small left pleural effusion")
