@@ -96,6 +96,18 @@ def input_spec(name: str) -> InputSpec:
     return InputSpec(size, tuple(pre.get("mean", OPENAI_MEAN)), tuple(pre.get("std", OPENAI_STD)), interpolation)
 
 
+def preprocess_cfg(name: str) -> dict:
+    """open_clip's preprocess_cfg for a model name: what `input_spec` says, as open_clip's transforms read it. Ours:
+    a grey radiograph read as RGB (the channel repeated), letterboxed on black as normalize does. Not in
+    pipeline/models/*.json: open_clip 3.3 passes a built-in config's extra keys to CLIP() (a TypeError); it goes
+    into the open_clip folder written beside model.pt."""
+    _, pre = read_config(name)
+    spec = input_spec(name)
+    extra = {"resize_mode": "longest", "fill_color": 0} if name in OURS else {}
+    return {**pre, **extra, "size": spec.size, "mode": "RGB", "mean": list(spec.mean), "std": list(spec.std),
+            "interpolation": spec.interpolation}
+
+
 def folder_weights(name: str) -> str | None:
     """The weights file a local-dir folder ships (open_clip's order of preference); None for other names."""
     folder = local_dir(name)

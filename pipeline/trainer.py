@@ -354,8 +354,9 @@ def configure_memory(clip: nn.Module, cfg: dict, device: torch.device) -> None:
 def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | None = None,
         stop_after: int | None = None, val_batches=None) -> dict:
     """Train `cfg["model"]` on `batches` (GlobalBatches or RegionBatches) with the loss weights in cfg; writes
-    out_dir/model.pt (an open_clip state dict), metrics.jsonl and checkpoints/last.pt. `init` names weights to
-    start from. `stop_after` ends the run after that step's checkpoint (to test resuming).
+    out_dir/model.pt (an open_clip state dict), the same weights as an open_clip folder out_dir/open_clip/,
+    metrics.jsonl and checkpoints/last.pt. `init` names weights to start from. `stop_after` ends the run after that
+    step's checkpoint (to test resuming).
 
     Selection (cfg["select"], one rule for every run of a comparison): "final", model.pt is the last step of the
     fixed budget; "val_global_loss", the step with the lowest image <-> report loss on the validate split, the
@@ -475,8 +476,12 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
             if stop_after is not None and done >= stop_after:
                 return {"stopped_at": done}
         if rank == 0:  # loads with open_clip.create_model(name, pretrained=...)
+            weights = best["state_dict"] if best else clip.state_dict()
             with atomic_path(out_dir / "model.pt") as tmp:
-                torch.save(best["state_dict"] if best else clip.state_dict(), tmp)
+                torch.save(weights, tmp)
+            # the same weights as an open_clip folder (config, our preprocessing, safetensors): loads with
+            # open_clip's "local-dir:" and the project's local-dir:PATH model names
+            models.save_open_clip_folder(weights, cfg["model"], out_dir / "open_clip")
             if best:
                 log.info("model.pt: the weights of step %d (%s %.4f)", best["step"], select, best["val_loss"])
             else:

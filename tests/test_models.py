@@ -65,6 +65,22 @@ def test_state_dict_and_torchscript_files_load(tmp_path):
         models.create("medclip-tiny", str(tmp_path / "missing.pt"))
 
 
+def test_loading_a_file_is_not_logged_as_a_random_init(tmp_path, caplog):
+    torch.save(models.create("medclip-tiny").state_dict(), tmp_path / "model.pt")
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        model = models.create("medclip-tiny", str(tmp_path / "model.pt"))
+    assert "initialized randomly" not in caplog.text and str(tmp_path / "model.pt") in caplog.text
+    # open_clip's preprocess_cfg on the model is ours, not OpenAI's mean / std and bicubic
+    pre = model.visual.preprocess_cfg
+    assert pre["mean"] == [0.45] * 3 and pre["interpolation"] == "bilinear" and pre["size"] == 96
+    assert "0.4814" not in caplog.text and "bicubic" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        models.create("medclip-tiny")  # a random init on purpose (the null band) says so, once
+    assert caplog.text.count("initialized randomly") == 1
+
+
 def test_biomedclip_layout_loads_offline(biomed):
     name = f"local-dir:{biomed}"
     weights = models.folder_weights(name)
@@ -79,6 +95,17 @@ def test_biomedclip_layout_loads_offline(biomed):
                                                                       "160px-bicubic")
     tok = models.tokenizer(name)
     assert type(tok).__name__ == "HFTokenizer" and tok.context_length == 64 and models.pad_id(name) == 0
+
+
+def test_a_local_dir_model_saves_as_a_folder_with_its_tokenizer(biomed, tmp_path):
+    """A BiomedCLIP-initialised student's open_clip folder keeps the tokenizer files and the HF text config."""
+    name = f"local-dir:{biomed}"
+    model = models.create(name, models.folder_weights(name)).eval()
+    saved = f"local-dir:{models.save_open_clip_folder(model.state_dict(), name, tmp_path / 'open_clip')}"
+    again = models.create(saved, models.folder_weights(saved)).eval()
+    assert _same(again, model) and again.input_spec == model.input_spec
+    texts = ["small left pleural effusion", "no pneumothorax"]
+    np.testing.assert_array_equal(models.embed_texts(again, saved, texts), models.embed_texts(model, name, texts))
 
 
 def test_biomedclip_layout_without_the_text_config_says_what_to_do(biomed, tmp_path):

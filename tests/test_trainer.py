@@ -91,6 +91,52 @@ def test_final_weights_load_with_open_clip(tmp_path, pairs, cfg):
     assert model.logit_scale.exp().item() <= 100.0 + 1e-4
 
 
+def test_weights_are_also_an_open_clip_folder_that_loads_back_offline(tmp_path, pairs, cfg, monkeypatch):
+    import socket
+
+    from pipeline import model_spec, models
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access blocked by the test")
+
+    fit_global(pairs, {**cfg, "steps": 2, "checkpoint_every": 10}, tmp_path)
+    fit_global(pairs, {**cfg, "steps": 3, "checkpoint_every": 10}, tmp_path / "again")
+    # loading is offline; blocked only now, as the loader's workers talk over local sockets
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    folder = tmp_path / "open_clip"
+    assert sorted(p.name for p in folder.iterdir()) == ["open_clip_config.json", "open_clip_model.safetensors"]
+    assert not list(tmp_path.glob(".open_clip.*"))  # the temporary folder was renamed, nothing left over
+    saved = json.loads((folder / "open_clip_config.json").read_text())
+    assert saved["preprocess_cfg"]["mean"] == [0.45] * 3 and saved["preprocess_cfg"]["interpolation"] == "bilinear"
+
+    name = f"local-dir:{folder}"
+    reference = models.create(cfg["model"], str(tmp_path / "model.pt")).eval()
+    ours = models.create(name, model_spec.folder_weights(name)).eval()
+    theirs, _, preprocess = open_clip.create_model_and_transforms(name)
+    theirs.eval()
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    for model in (ours, theirs):
+        assert model.state_dict().keys() == state.keys()
+        assert all(torch.equal(model.state_dict()[k], state[k]) for k in state)
+    assert ours.input_spec == reference.input_spec  # local-dir:FOLDER reads our preprocessing back
+    resize = next(t for t in preprocess.transforms if "Resize" in type(t).__name__)
+    assert "bilinear" in str(resize).lower()
+
+    images = pairs.images[:3]
+    texts = ["small left pleural effusion", "no pneumothorax"]
+    want = models.embed_images(reference, images), models.embed_texts(reference, cfg["model"], texts)
+    for model, tok_name in ((ours, name), (theirs, name)):
+        np.testing.assert_array_equal(models.embed_images(model, images), want[0])
+        np.testing.assert_array_equal(models.embed_texts(model, tok_name, texts), want[1])
+
+    again = torch.load(tmp_path / "again" / "model.pt", weights_only=True)
+    models.save_open_clip_folder(again, cfg["model"], folder)  # a rewrite replaces the folder
+    assert not list(tmp_path.glob(".open_clip.*"))
+    assert torch.equal(models.create(name, model_spec.folder_weights(name)).state_dict()["text_projection"],
+                       again["text_projection"])
+
+
 def test_schedule_and_batches():
     c = {"lr": 1.0, "warmup_steps": 4, "steps": 14}
     assert [lr_at(s, c) for s in (0, 3)] == [0.25, 1.0]

@@ -26,7 +26,10 @@ normalises each with the model's mean / std (ours: one radiograph mean / std; ot
 from __future__ import annotations
 
 import functools
+import json
+import logging
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -40,8 +43,8 @@ import torch.nn.functional as F  # noqa: E402
 from open_clip.timm_model import TimmModel  # noqa: E402
 from open_clip.transformer import text_global_pool  # noqa: E402
 
-from ..model_spec import (CXR_MEAN, CXR_STD, OURS, InputSpec, folder_weights, input_spec,  # noqa: E402, F401
-                          local_dir, read_config)
+from ..model_spec import (CXR_MEAN, CXR_STD, OURS, WEIGHT_FILES, InputSpec, folder_weights,  # noqa: E402, F401
+                          input_spec, local_dir, preprocess_cfg, read_config)
 
 from ..io import progress
 
@@ -89,11 +92,20 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
         open_clip.load_checkpoint(model, path)
 
 
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns 'initialized randomly' when it loads no weights; we load them right after (TorchScript, or a
+    file other than a local-dir folder's own), so the warning would be false."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 def create(name: str, pretrained: str | None = None) -> torch.nn.Module:
     """The model `name` (see pipeline/model_spec.py), randomly initialised or with the weights of a local file.
-    `model.input_spec` says how radiographs are fed to it."""
+    `model.input_spec` says how radiographs are fed to it. Weights load through open_clip's own `pretrained` path
+    where it can (its log names the file), so only a random init is reported as one."""
     folder = local_dir(name)
-    kwargs = {}
+    kwargs = {"force_preprocess_cfg": preprocess_cfg(name)}  # open_clip would log (and set) OpenAI's for ours
     if folder is not None:
         model_cfg, _ = read_config(name)  # raises naming what is missing
         text = dict(model_cfg.get("text_cfg", {}))
@@ -104,11 +116,63 @@ def create(name: str, pretrained: str | None = None) -> torch.nn.Module:
     elif name not in open_clip.list_models():
         raise ValueError(f"unknown model {name}; ours: {', '.join(MODELS)}, any open_clip architecture "
                          f"(open_clip.list_models()), or local-dir:PATH")
-    model = open_clip.create_model(name, load_weights=False, pretrained_image=False, pretrained_text=False, **kwargs)
-    if pretrained:
-        load_weights(model, pretrained)
+    if pretrained and not Path(pretrained).is_file():
+        raise FileNotFoundError(f"weights file {pretrained} not found")
+    if not pretrained:  # on purpose (the null band, scratch): open_clip says it is random, once
+        return _with_spec(open_clip.create_model(name, load_weights=False, pretrained_image=False,
+                                                 pretrained_text=False, **kwargs), name)
+    own = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None) if folder is not None else None
+    if own is not None and Path(pretrained).resolve() == own.resolve():
+        # the folder's own weights: open_clip finds and loads them (it ignores `pretrained` for local-dir names)
+        return _with_spec(open_clip.create_model(name, pretrained_image=False, pretrained_text=False, **kwargs), name)
+    if folder is None and not is_torchscript(pretrained):
+        return _with_spec(open_clip.create_model(name, pretrained=str(pretrained), pretrained_image=False,
+                                                 pretrained_text=False, **kwargs), name)
+    quiet = _DropRandomInitWarning()
+    logging.getLogger().addFilter(quiet)  # open_clip logs through the root logger
+    try:
+        model = open_clip.create_model(name, load_weights=False, pretrained_image=False, pretrained_text=False,
+                                       **kwargs)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+    load_weights(model, pretrained)
+    logging.getLogger(__name__).info("loaded weights from %s", pretrained)
+    return _with_spec(model, name)
+
+
+def _with_spec(model: torch.nn.Module, name: str) -> torch.nn.Module:
     model.input_spec = input_spec(name)
     return model
+
+
+def save_open_clip_folder(state_dict: dict, name: str, folder: str | Path) -> Path:
+    """Write weights of model `name` as an open_clip 3.x folder: open_clip_config.json (model_cfg, preprocess_cfg)
+    and open_clip_model.safetensors, plus a local-dir source's other files (tokenizer, HF text config). It loads
+    with open_clip.create_model_and_transforms("local-dir:FOLDER") and models.create("local-dir:FOLDER", ...).
+    Written into a temporary folder and renamed, so a killed job leaves the old folder or none."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    source = local_dir(name)
+    if source is not None:  # tokenizer files and the HF tower's config.json; not the source's weights
+        for file in source.iterdir():
+            if file.is_file() and file.name not in WEIGHT_FILES and file.name != "open_clip_config.json":
+                shutil.copy2(file, tmp / file.name)
+    model_cfg, _ = read_config(name)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg(name)}
+    (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    # clone: safetensors refuses tensors sharing storage
+    save_file({k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()},
+              str(tmp / "open_clip_model.safetensors"))
+    old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 @functools.lru_cache(maxsize=8)
