@@ -756,7 +756,8 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(report_markdown(metrics) + benchmarks_markdown(metrics))
-    plot(curves, results, out_dir)
+    shown = [k for k in ("student", cfg["control"], "baseline") if k in results] or list(results)
+    plot({k: curves[k] for k in shown}, {k: results[k] for k in shown}, out_dir)  # one curve / bar per model
     return metrics
 
 
