@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import stats
+from ..geometry import box_share
 from ..vocab import REGIONAL, statement
 
 # synthetic finding kinds -> the observation their phrases are labelled with (ground_truth/phrases.csv)
@@ -57,14 +58,6 @@ def truth_findings(truth_dir: str | Path) -> dict[str, set[tuple]]:
 # a zone holds a finding when this share of the finding's box lies in the zone's box, and is clear of it at or
 # below CLEAR; in between (a finding that spills over the zone's edge) it is left out
 HOLDS, CLEAR = 0.25, 0.05
-
-
-def box_share(box, region) -> float:
-    """The share of `box`'s area inside `region` (both x0, y0, x1, y1)."""
-    w = max(0.0, min(box[2], region[2]) - max(box[0], region[0]))
-    h = max(0.0, min(box[3], region[3]) - max(box[1], region[1]))
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    return w * h / area if area > 0 else 0.0
 
 
 def presence_label(findings: set[tuple], hedged: set[tuple[str, str]], observation: str, side: str, zone: str,

@@ -52,10 +52,11 @@ import numpy as np
 import torch
 
 from .. import models, stats
-from ..evaluation import regional
-from ..evaluation.controls import CONTROLS, ControlImages, null_band
 from ..config import seed_replicas
 from ..data import ShardRows, join_shards
+from ..evaluation import regional
+from ..evaluation.controls import CONTROLS, ControlImages, null_band
+from ..geometry import box_iou, holds_centre
 from ..io import atomic_path, usable_threads
 from ..labels import OBSERVATIONS
 from ..pairing import accuracy_on_truth, clear_regions, pair_caption, pair_rois, read_truth, stated_findings
@@ -228,13 +229,6 @@ def check_pinned(folder: str | Path, name: str, body: str) -> None:
 LESION_IOU = 0.3
 
 
-def box_iou(a, b) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def roi_ref(test: TestSet, roi: int) -> list:
     """[name, box]: the box (normalized pixels, 0.1 px) only for a lesion."""
     name = test.roi_name[roi]
@@ -242,11 +236,7 @@ def roi_ref(test: TestSet, roi: int) -> list:
 
 
 def same_lesion(a, b) -> bool:
-    def holds(box, other):
-        cx, cy = (other[0] + other[2]) / 2, (other[1] + other[3]) / 2
-        return box[0] <= cx <= box[2] and box[1] <= cy <= box[3]
-
-    return box_iou(a, b) >= LESION_IOU or holds(a, b) or holds(b, a)
+    return box_iou(a, b) >= LESION_IOU or holds_centre(a, b) or holds_centre(b, a)
 
 
 def same_roi(pinned: list, now: list) -> bool:
