@@ -316,7 +316,8 @@ def evaluate(emb, pinned: dict, cfg: dict, segmenter: str | Path | None = None, 
     `sample` drawn cases (image, maps, truth) for pictures. Unreadable images are skipped with their reason."""
     from . import grounding, stats
     from .stages.crop import content_box
-    from .stages.evaluate import NEGATIVE, POSITIVE, heat_map
+    from .evaluation.grounding import heat_map
+    from .evaluation.zeroshot import NEGATIVE, POSITIVE
     from .stages.normalize import Rejected, letterbox_mask, to_normalized
 
     segmenter = Path(segmenter) if segmenter else None

@@ -36,7 +36,9 @@ from . import config as config_mod
 from . import grounding
 from .labels import OBSERVATIONS
 from .stages.crop import padded_rois
-from .stages.evaluate import NEGATIVE, POSITIVE, Embedder, heat_map, roi_weights
+from .evaluation.embedder import Embedder
+from .evaluation.grounding import heat_map, roi_weights
+from .evaluation.zeroshot import NEGATIVE, POSITIVE
 from .stages.normalize import as_uint8, normalize_file, to_original
 from .stages.segment import load_unet, segment
 

@@ -9,8 +9,10 @@ from sklearn.metrics import roc_auc_score
 
 from pipeline import stats
 from pipeline.pairing import clear_regions
-from pipeline.stages.evaluate import (ManifestMismatch, alternatives, check_pinned, clear_entries, follow_pinned,
-                                      manifest_body, pair_entries, pinned_ids, top1_unique)
+from pipeline.evaluation.retrieval import top1_unique
+from pipeline.evaluation.robustness import alternatives
+from pipeline.stages.evaluate import (ManifestMismatch, check_pinned, clear_entries, follow_pinned, manifest_body,
+                                      pair_entries, pinned_ids)
 from pipeline.stages.evaluate import TestSet as Split  # not a pytest class
 from pipeline.trainer import caption_groups
 

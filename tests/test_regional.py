@@ -133,7 +133,7 @@ def test_the_other_patient_control_feeds_another_patients_image():
 
 
 def test_the_null_band_reproduces_and_summarises_untrained_models():
-    from pipeline.stages.evaluate import Embedder
+    from pipeline.evaluation.embedder import Embedder
 
     images = np.random.default_rng(0).integers(0, 256, (2, 96, 96)).astype(np.uint8)
     a, b, c = (Embedder(None, "medclip-tiny", torch.device("cpu"), init_seed=k).images(images) for k in (1, 1, 2))

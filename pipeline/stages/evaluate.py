@@ -1,5 +1,7 @@
 """evaluate: the student against a global-only control, ablations and the baseline teacher, on the patient-level
-test split.
+test split. This module is the stage: it loads the test set, draws and pins the evaluation sets (manifests), runs
+every model and compares them; the metrics live in pipeline/evaluation/ by family (zeroshot, retrieval, regional,
+robustness, grounding, controls, report; the embedder in evaluation/embedder.py), the statistics in pipeline/stats.py.
 
 Metrics (each with a patient-level bootstrap 95% interval, pipeline/stats.py):
 - zero-shot classification, CheXzero style: per observation, the softmax over a positive and a negative prompt
@@ -51,24 +53,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import models, stats
+from .. import stats
 from ..config import seed_replicas
 from ..data import ShardRows, join_shards
 from ..evaluation import regional
 from ..evaluation.controls import CONTROLS, ControlImages, null_band
+from ..evaluation.embedder import Embedder
+from ..evaluation.grounding import (dense_grounding_figures, groundable_figures, grounding_figures, heat_map,
+                                    roi_grounding_figures)
+from ..evaluation.report import HEADLINE, benchmarks_markdown, plot, report_markdown
+from ..evaluation.retrieval import region_phrase_figures, retrieval_figures, top1_unique
+from ..evaluation.robustness import alternatives, robustness_figures
+from ..evaluation.zeroshot import FIVE, five_by_200, zeroshot_figures
 from ..geometry import box_iou, holds_centre
 from ..io import atomic_path, usable_threads
-from ..labels import OBSERVATIONS
 from ..pairing import accuracy_on_truth, clear_regions, pair_caption, pair_rois, read_truth, stated_findings
 from ..shards import Shard, decode
-from ..vocab import OTHER_SIDE, REGIONAL, normalize_text, statement
+from ..vocab import REGIONAL
 from .normalize import as_uint8, to_normalized
 
+# what other modules and tests import from here, now defined in pipeline/evaluation/
+__all__ = ["Embedder", "alternatives", "grounding_figures", "heat_map", "load_test_set", "run", "top1_unique"]
+
 log = logging.getLogger("pipeline.evaluate")
-FIVE = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"]
-POSITIVE = ["{}", "{} is present", "findings consistent with {}"]
-NEGATIVE = ["no {}", "no evidence of {}", "{} is absent"]
-PREFERENCES = ("side", "negated", "uncertain", "other_finding", "converse")
 
 
 @dataclass
@@ -335,292 +342,39 @@ def training_patients(normalize_shards) -> set[str]:
     return patients
 
 
-def five_by_200(labels: np.ndarray, seed: int, per_class: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Test images positive for exactly one of the five classes, up to `per_class` each, drawn with `seed`."""
-    cols = [OBSERVATIONS.index(o) for o in FIVE]
-    pos = labels[:, cols] == 1
-    rng = np.random.default_rng(seed)
-    idx, cls = [], []
-    for c in range(len(FIVE)):
-        members = np.flatnonzero(pos[:, c] & (pos.sum(1) == 1))
-        chosen = np.sort(rng.permutation(members)[:per_class])
-        idx += chosen.tolist()
-        cls += [c] * len(chosen)
-    return np.array(idx, dtype=np.int64), np.array(cls, dtype=np.int64)
-
-
-# ------------------------------------------------------------------------------------------ one model
-class Embedder:
-    def __init__(self, weights: str | Path | None, name: str, device: torch.device, init_seed: int = 0):
-        """weights None: an untrained model, initialised with `init_seed` (the null band)."""
-        self.name, self.device = name, device
-        if weights is None:
-            torch.manual_seed(init_seed)
-        self.model = models.create(name, pretrained=None if weights is None else str(weights)).to(device).eval()
-        self.scale = float(self.model.logit_scale.detach().exp().clamp(max=100))
-        self._cache: dict[str, np.ndarray] = {}
-
-    def images(self, images: np.ndarray) -> np.ndarray:
-        return models.embed_images(self.model, images)
-
-    def images_and_rois(self, images: np.ndarray, owner: np.ndarray, boxes: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-        return models.embed_images_and_rois(self.model, images, owner, boxes)
-
-    def crops(self, crops: np.ndarray) -> np.ndarray:
-        """Each ROI as an image of its own (the crop baselines): the crop stage's ROI image at the model's size."""
-        return models.embed_images(self.model, crops)
-
-    def texts(self, texts: list[str]) -> np.ndarray:
-        new = sorted({t for t in texts if t not in self._cache})
-        if new:
-            self._cache.update(zip(new, models.embed_texts(self.model, self.name, new)))
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
-
-    def ensemble(self, templates: list[str], name: str) -> np.ndarray:
-        e = self.texts([t.format(name) for t in templates]).mean(0)
-        return e / np.linalg.norm(e)
-
-
-def roi_weights(scores: np.ndarray, scale: float) -> np.ndarray:
-    """Softmax of one phrase's similarities over an image's ROIs."""
-    w = np.exp(scale * (scores - scores.max()))
-    return w / w.sum()
-
-
-def heat_map(scores: np.ndarray, boxes: np.ndarray, size: int, scale: float) -> np.ndarray:
-    """Each ROI box painted with its softmax weight among the image's ROIs; a pixel keeps its highest weight."""
-    w = roi_weights(scores, scale)
-    heat = np.zeros((size, size), np.float32)
-    for weight, (x0, y0, x1, y1) in sorted(zip(w, boxes), key=lambda t: t[0]):
-        ys, xs = slice(max(0, int(y0)), max(0, int(np.ceil(y1)))), slice(max(0, int(x0)), max(0, int(np.ceil(x1))))
-        heat[ys, xs] = np.maximum(heat[ys, xs], weight)
-    return heat / max(float(heat.max()), 1e-12)
-
-
-def grounding_figures(heat: np.ndarray, gt: list[float]) -> tuple[float, float, float]:
-    """(pointing hit, IoU of heat >= 0.5 with the box, CNR) for one heat map and one ground-truth box."""
-    size = heat.shape[0]
-    inside = np.zeros_like(heat, dtype=bool)
-    x0, y0, x1, y1 = (int(round(v)) for v in gt)
-    inside[max(0, y0) : min(size, y1), max(0, x0) : min(size, x1)] = True
-    if not inside.any():
-        return float("nan"), float("nan"), float("nan")
-    peak = np.unravel_index(np.argmax(heat), heat.shape)
-    # the peak is a plateau over an ROI box: point at its centre
-    plateau = np.argwhere(heat >= heat[peak] - 1e-6)
-    cy, cx = plateau.mean(0).round().astype(int)
-    hit = float(inside[cy, cx])
-    mask = heat >= 0.5
-    iou = float((mask & inside).sum() / max((mask | inside).sum(), 1))
-    a, b = heat[inside], heat[~inside]
-    cnr = float(abs(a.mean() - b.mean()) / np.sqrt(a.var() + b.var() + 1e-12)) if len(b) else float("nan")
-    return hit, iou, cnr
-
-
-def top1_unique(roi: np.ndarray, texts: list[str], embed) -> np.ndarray:
-    """Per pair, 1.0 when its caption is the best of the test captions for its ROI. Candidates are the captions
-    after vocab.normalize_text, each once, so case or punctuation twins (which embed alike) cannot tie."""
-    keys = [normalize_text(t) for t in texts]
-    first = {}
-    for t, k in zip(texts, keys):
-        first.setdefault(k, t)
-    pool = sorted(first)
-    best = (roi @ embed([first[k] for k in pool]).T).argmax(1)
-    return (np.array(pool)[best] == np.array(keys)).astype(float)
-
-
-def alternatives(pairs: list[dict], clear: list[dict]) -> dict[str, list[tuple[int, str, str, str]]]:
-    """Robustness tests as (ROI, true statement, alternative, observation) in one grammar (vocab.statement); a kind's test
-    is skipped for a pair where it has no alternative (no side to swap for a bilateral phrase)."""
-    out = {k: [] for k in PREFERENCES}
-    for p in pairs:
-        o, side, zone, roi = p["observation"], p["laterality"], p["zone"], p["roi"]
-        true = statement(o, side, zone)
-        if side in ("left", "right"):
-            out["side"].append((roi, true, statement(o, OTHER_SIDE[side], zone), o))
-        out["negated"].append((roi, true, statement(o, side, zone, negated=True), o))
-        out["uncertain"].append((roi, true, statement(o, side, zone, uncertain=True), o))
-        here = {x for x, s in p["stated"] if s in (side, "bilateral", "") or side == "bilateral"}
-        names = list(REGIONAL)
-        start = names.index(o) if o in names else 0
-        other = next((x for x in names[start + 1 :] + names[:start] if x not in here and x != o), None)
-        if other:
-            out["other_finding"].append((roi, true, statement(other, side, zone), o))
-    for c in clear:
-        o, side, zone = c["observation"], c["laterality"], c["zone"]
-        out["converse"].append((c["roi"], statement(o, side, zone, negated=True), statement(o, side, zone), o))
-    return out
-
-
 def model_figures(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarray], retrieval: np.ndarray,
                   roi_mode: str = "pooled") -> tuple[dict, dict]:
     """All figures of one model as {metric: (unit patients, stat over unit indices)}, and curves for the plots.
     roi_mode: "pooled" (patch tokens under the box, as trained) or "crop" (each ROI's crop as an image)."""
-    out, curves = {}, {"roc": {}}
     img, roi = emb.images_and_rois(test.images, test.roi_owner, test.roi_box)
     if roi_mode == "crop":
         roi = emb.crops(test.roi_crop)
     patients = np.array(test.patient_id)
-    image_units = list(patients)
-    # zero-shot
-    pos = np.stack([emb.ensemble(POSITIVE, o.lower()) for o in OBSERVATIONS])
-    neg = np.stack([emb.ensemble(NEGATIVE, o.lower()) for o in OBSERVATIONS])
-    logits = emb.scale * np.stack([img @ pos.T, img @ neg.T])  # (2, N, 14)
-    prob = np.exp(logits[0]) / np.exp(logits).sum(0)
-    aurocs = {}  # observation -> (has a label, positive, p(positive)) over all test images
-    for k, o in enumerate(OBSERVATIONS):
-        known, y = test.labels[:, k] != -1, (test.labels[:, k] == 1).astype(np.int64)
-        if o == "No Finding" or y[known].sum() < 2 or (1 - y[known]).sum() < 2:
-            continue
-        aurocs[o] = (known, y, prob[:, k])
-        out[f"auroc/{o}"] = (image_units, lambda i, m=known, y=y, s=prob[:, k]: stats.auroc(y[i][m[i]], s[i][m[i]]))
-        curves["roc"][o] = (y[known].tolist(), prob[known, k].tolist())
-    if aurocs:
-        out["auroc/mean"] = (image_units, lambda i: float(np.nanmean(
-            [stats.auroc(y[i][m[i]], s[i][m[i]]) for m, y, s in aurocs.values()])))
-    idx, cls = five
-    if len(idx):
-        five_logits = img[idx] @ pos[[OBSERVATIONS.index(o) for o in FIVE]].T
-        right = (five_logits.argmax(1) == cls).astype(float)
-        out["5x200/accuracy"] = (list(patients[idx]), lambda i: right[i].mean())
-    # retrieval over studies
-    rep = emb.texts([test.reports[i] for i in retrieval])
-    sim = img[retrieval] @ rep.T
-    for name, s in (("i2r", sim), ("r2i", sim.T)):
-        rank = 1 + (s > np.diag(s)[:, None]).sum(1)
-        units = list(patients[retrieval])
-        for k in (1, 5, 10):
-            out[f"{name}/R@{k}"] = (units, lambda i, r=rank, k=k: (r[i] <= k).mean())
-        out[f"{name}/median_rank"] = (units, lambda i, r=rank: float(np.median(r[i])))
-    # regions
-    pairs = test.pairs
-    if pairs:
-        units = [test.patient_id[p["image"]] for p in pairs]
-        texts = [p["text"] for p in pairs]
-        r = roi[[p["roi"] for p in pairs]]
-        top1 = top1_unique(r, texts, emb.texts)
-        out["region/top1"] = (units, lambda i: top1[i].mean())
-        t = emb.texts(texts)
-        true_sim = (r * t).sum(1)
-        rank = 1 + ((t @ roi.T) > true_sim[:, None]).sum(1)
-        for k in (1, 5, 10):
-            out[f"phrase2roi/R@{k}"] = (units, lambda i, k=k: (rank[i] <= k).mean())
-        # grounding
-        g = np.full((len(pairs), 3), np.nan)
-        for k, p in enumerate(pairs):
-            if p["gt_box"] is not None:
-                rois = test.roi_of[p["image"]]
-                heat = heat_map(roi[rois] @ t[k], test.roi_box[rois], test.images.shape[-1], emb.scale)
-                g[k] = grounding_figures(heat, p["gt_box"])
-        for c, name in enumerate(("pointing_game", "iou", "cnr")):
-            if np.isfinite(g[:, c]).any():
-                out[f"grounding/{name}"] = (units, lambda i, col=g[:, c]: float(np.nanmean(col[i]))
-                                            if np.isfinite(col[i]).any() else np.nan)
-    for kind, tests in alternatives(pairs, test.clear).items():
-        if not tests:
-            continue
-        rois = roi[[x[0] for x in tests]]
-        wins = ((rois * emb.texts([x[1] for x in tests])).sum(1) > (rois * emb.texts([x[2] for x in tests])).sum(1))
-        wins = wins.astype(float)
-        units = [test.patient_id[test.roi_owner[x[0]]] for x in tests]
-        out[f"robust/{kind}"] = (units, lambda i, w=wins: w[i].mean())
-        obs = np.array([x[3] for x in tests])
-        for o in sorted(set(obs)):
-            sel = obs == o
-            out[f"robust/{kind}/{o}"] = (units, lambda i, w=wins, sel=sel: w[i][sel[i]].mean() if sel[i].any() else np.nan)
-    if "robust/side" in out:
-        out["region/laterality"] = out["robust/side"]
-    if "robust/negated" in out and "robust/converse" in out:  # one figure: each part's mean, then their mean
-        (a_units, a), (b_units, b) = out["robust/negated"], out["robust/converse"]
-        na = len(a_units)
-        out["robust/balanced_negation"] = (list(a_units) + list(b_units), lambda i: float(np.nanmean(
-            [a(i[i < na]) if (i < na).any() else np.nan, b(i[i >= na] - na) if (i >= na).any() else np.nan])))
+    out, roc = zeroshot_figures(emb, img, test.labels, patients, five)
+    out.update(retrieval_figures(emb, img, test.reports, retrieval, patients))
+    pair_units = [test.patient_id[p["image"]] for p in test.pairs]
+    out.update(region_phrase_figures(emb, roi, test.pairs, pair_units))
+    out.update(roi_grounding_figures(emb, test, roi))
+    out.update(robustness_figures(emb, roi, test.pairs, test.clear, [test.patient_id[o] for o in test.roi_owner]))
     if roi_mode == "pooled":
-        items = regional.presence_items(test.roi_where, test.roi_owner, test.findings, test.hedged, test.roi_box)
-        out.update(regional.presence_figures(roi, emb.texts, emb.scale, items,
-                                             [test.patient_id[test.roi_owner[r]] for r in items["roi"]]))
-        out.update(regional.same_position_figures(roi, emb.texts, pairs, [test.patient_id[p["image"]] for p in pairs]))
-    if pairs and roi_mode == "pooled":
+        out.update(regional_figures(emb, test, roi))
+    if test.pairs and roi_mode == "pooled":
         out.update(dense_grounding_figures(emb, test))
         out.update(groundable_figures(emb, test, roi))
-    return out, curves
+    return out, {"roc": roc}
 
 
-def dense_grounding_figures(emb: Embedder, test: TestSet) -> dict:
-    """grounding/dense_*: the patch-level similarity map (grounding.similarity_map) of each pair with a ground-truth
-    box, scored like MS-CXR (CNR clamped and signed, mIoU over thresholds 0.1-0.5, pointing game), beside the
-    ROI-level map's figures. Skipped for a model without open_clip's projected patch tokens."""
-    from .. import grounding
-
-    cases = [k for k, p in enumerate(test.pairs) if p["gt_box"] is not None]
-    if not cases or getattr(getattr(emb.model, "visual", None), "proj", None) is None:
-        return {}
-    images = sorted({test.pairs[k]["image"] for k in cases})
-    row = {image: j for j, image in enumerate(images)}
-    patches = grounding.patch_features(emb.model, test.images[images])
-    size = test.images.shape[-1]
-    texts = emb.texts([test.pairs[k]["text"] for k in cases])
-    keys = ("cnr", "cnr_signed", "miou", "pointing_game")
-    g = np.full((len(test.pairs), len(keys)), np.nan)
-    for k, t in zip(cases, texts):
-        p = test.pairs[k]
-        f = grounding.phrase_figures(grounding.similarity_map(patches[row[p["image"]]], t, (size, size)), [p["gt_box"]])
-        g[k] = [f[x] for x in keys]
-    units = [test.patient_id[p["image"]] for p in test.pairs]
-    return {f"grounding/dense_{name}": (units, lambda i, col=g[:, c]: float(np.nanmean(col[i]))
-                                        if np.isfinite(col[i]).any() else np.nan) for c, name in enumerate(keys)}
-
-
-def groundable_figures(emb: Embedder, test: TestSet, roi: np.ndarray) -> dict:
-    """Generalised grounding: does the model point somewhere only when there is something to point at? A statement
-    grounds when some region prefers it over its negation (grounding.presence >= 0.5, no threshold fitted).
-    present: "there is X in <place>" of each test pair, over all its image's ROIs; negated: "there is no X in the
-    <side> lung" for a side the report leaves clear while negating X (pairing.clear_regions), over that side's lung
-    and zone ROIs, which should all prefer the negation. `ground` makes the same call before drawing a map."""
-    from .. import grounding
-
-    correct, negated, units = [], [], []
-    for p in test.pairs:
-        pos, neg = emb.texts([statement(p["observation"], p["laterality"], p["zone"]),
-                              statement(p["observation"], p["laterality"], p["zone"], negated=True)])
-        correct.append(grounding.presence(roi[test.roi_of[p["image"]]], pos, neg, emb.scale).max() >= 0.5)
-        negated.append(False)
-        units.append(test.patient_id[p["image"]])
-    sides: dict[tuple, list[int]] = {}
-    for c in test.clear:
-        sides.setdefault((c["image"], c["observation"], c["laterality"]), []).append(c["roi"])
-    for (image, o, side), rois in sides.items():
-        pos, neg = emb.texts([statement(o, side, ""), statement(o, side, "", negated=True)])
-        correct.append(grounding.presence(roi[rois], pos, neg, emb.scale).max() < 0.5)
-        negated.append(True)
-        units.append(test.patient_id[image])
-    correct, negated = np.array(correct, float), np.array(negated, bool)
-    out = {}
-
-    def accuracy(i, which):
-        sel = negated[i] == which
-        return float(correct[i][sel].mean()) if sel.any() else np.nan
-
-    if (~negated).any():
-        out["groundable/present_accuracy"] = (units, lambda i: accuracy(i, False))
-    if negated.any():
-        out["groundable/negated_accuracy"] = (units, lambda i: accuracy(i, True))
-    if negated.any() and (~negated).any():
-        out["groundable/balanced_accuracy"] = (units, lambda i: float(np.nanmean([accuracy(i, False), accuracy(i, True)])))
+def regional_figures(emb: Embedder, test: TestSet, roi: np.ndarray) -> dict:
+    """presence/* at fixed positions and region/same_position_top1 (evaluation/regional.py) of pooled ROIs."""
+    items = regional.presence_items(test.roi_where, test.roi_owner, test.findings, test.hedged, test.roi_box)
+    out = regional.presence_figures(roi, emb.texts, emb.scale, items,
+                                    [test.patient_id[test.roi_owner[r]] for r in items["roi"]])
+    out.update(regional.same_position_figures(roi, emb.texts, test.pairs,
+                                              [test.patient_id[p["image"]] for p in test.pairs]))
     return out
 
 
 # ------------------------------------------------------------------------------------------ stage
-REGIONAL_HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "robust/negated",
-                     "robust/converse", "region/laterality", "region/top1"]
-HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "auroc/mean", "5x200/accuracy",
-            "i2r/R@1", "i2r/R@10", "r2i/R@1", "r2i/R@10", "region/top1", "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/converse", "robust/uncertain",
-            "robust/other_finding", "grounding/pointing_game", "grounding/iou", "grounding/cnr",
-            "grounding/dense_pointing_game", "grounding/dense_miou", "grounding/dense_cnr",
-            "groundable/negated_accuracy", "groundable/present_accuracy"]
-
-
 def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict[str, str]]:
     """The 5x200 subset, the retrieval studies, and the body of every manifest."""
     five = five_by_200(test.labels, seed)
@@ -744,8 +498,10 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
         metrics["pairing_on_truth"] = accuracy_on_truth(inputs["crops"], inputs["reports"], truth_dir)
     with atomic_path(out_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    from ..benchmarks import markdown  # the benchmarks' tables (pipeline.benchmarks imports pipeline.evaluation)
+
     with atomic_path(out_dir / "report.md") as tmp:
-        tmp.write_text(report_markdown(metrics) + benchmarks_markdown(metrics))
+        tmp.write_text(report_markdown(metrics) + benchmarks_markdown(metrics, markdown))
     shown = [k for k in ("student", cfg["control"], "baseline") if k in results] or list(results)
     plot({k: curves[k] for k in shown}, {k: results[k] for k in shown}, out_dir)  # one curve / bar per model
     return metrics
@@ -779,148 +535,3 @@ def compare(results: dict, replicates: dict, cfg: dict) -> tuple[dict, dict]:
     return seeds, paired
 
 
-def _cell(f: dict | None) -> str:
-    if f is None or not np.isfinite(f["value"]):
-        return "-"
-    if not np.isfinite(f["ci_low"]):
-        return f"{f['value']:.3f}"
-    return f"{f['value']:.3f} ({f['ci_low']:.3f} to {f['ci_high']:.3f})"
-
-
-def _seeds_cell(f: dict | None) -> str:
-    return "-" if f is None or not np.isfinite(f["mean"]) else f"{f['mean']:.3f} ± {f['sd']:.3f}"
-
-
-def report_markdown(metrics: dict) -> str:
-    runs, t = metrics["runs"], metrics["test"]
-    control = t["control"]
-    lines = ["# Region-Aware MedCLIP: evaluation", "",
-             f"Test split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
-             f"{t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, {t['grounding_boxes']} "
-             f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals: patient-level "
-             f"bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same resamples for every run. "
-             f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
-             "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
-             + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
-    band = metrics.get("null_band", {})
-    controlled = [n for n in runs if n.endswith(tuple(f"/{c}" for c in CONTROLS))]
-    keys = [k for k in REGIONAL_HEADLINE if any(k in r for r in runs.values())]
-    if keys:
-        shown = [n for n in runs if "/" not in n and (any(c.startswith(f"{n}/") for c in controlled) or not controlled)]
-        lines += ["## Figures only the image can win", "",
-                  "Presence of each regional finding at fixed positions (AUROC over images at one lung or zone "
-                  "position), region <-> phrase top-1 among findings at the pair's own position, and negation as one "
-                  "balanced figure; laterality and plain top-1 beside them (both can be won from where a box sits). "
-                  "`/mean_image` and `/other_patient`: every test image replaced by the mean test image or by another "
-                  "patient's image, the ROI boxes kept. A gain counts only where the real images beat these controls "
-                  "and lie above the chance row.", "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-        for name in shown:
-            lines += [f"| {n} | " + " | ".join(_cell(runs[n].get(k)) for k in keys) + " |"
-                      for n in [name] + [c for c in controlled if c.startswith(f"{name}/")]]
-        if band.get("models"):
-            f = band["figures"]
-            lines.append(f"| chance: {band['models']} untrained {band['architecture']} | " + " | ".join(
-                f"{f[k]['mean']:.3f} ({f[k]['low']:.3f} to {f[k]['high']:.3f})" if k in f else "-" for k in keys) + " |")
-        lines.append("")
-    seeds, paired = metrics["seeds"], metrics["paired"].get(f"student - {control}", {})
-    if paired:
-        n_seeds = len(next(iter(seeds["student"].values()))["runs"]) if seeds.get("student") else 0
-        lines += [f"## Student vs {control} ({n_seeds} seeds)", "",
-                  f"Mean ± SD over seeds; the difference is the mean over seeds with its paired 95% interval pooled "
-                  f"over the seeds.", "", f"| metric | student | {control} | student - {control} |", "|---|---|---|---|"]
-        keys = [k for k in HEADLINE if k in paired] + sorted(k for k in paired if k not in HEADLINE)
-        lines += [f"| {k} | {_seeds_cell(seeds['student'].get(k))} | {_seeds_cell(seeds[control].get(k))} | "
-                  f"{_cell(paired[k])} |" for k in keys if k.count("/") == 1]
-        lines.append("")
-
-    def table(title: str, keys: list[str]) -> None:
-        keys = [k for k in keys if any(k in r for r in runs.values())]
-        if not keys:
-            return
-        lines.extend([f"## {title}", "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"])
-        lines.extend(f"| {name} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for name, r in runs.items())
-        lines.append("")
-
-    table("Headline, every run", HEADLINE)
-    others = {k: v for k, v in metrics["paired"].items() if k != f"student - {control}"}
-    if others:
-        keys = [k for k in HEADLINE if any(k in v for v in others.values())]
-        lines.extend(["## Paired differences (first seed)", "", "| comparison | " + " | ".join(keys) + " |",
-                      "|---" * (len(keys) + 1) + "|"])
-        lines.extend(f"| {name} | " + " | ".join(_cell(v.get(k)) for k in keys) + " |" for name, v in others.items())
-        lines.append("")
-    table("Retrieval", [f"{d}/{m}" for d in ("i2r", "r2i", "phrase2roi") for m in ("R@1", "R@5", "R@10", "median_rank")])
-    table("Zero-shot AUROC per observation", [f"auroc/{o}" for o in OBSERVATIONS])
-    table("Robustness: the true statement preferred over", [f"robust/{k}" for k in PREFERENCES])
-    per_finding = sorted({k for r in runs.values() for k in r if k.count("/") == 2})
-    table("Robustness per finding", per_finding)
-    if "pairing_on_truth" in metrics:
-        p = metrics["pairing_on_truth"]
-        lines.extend([f"Pairing on the synthetic truth (all splits): {p['right']} of {p['judged']} judged pairs right "
-                      f"({p['accuracy']:.3f}).", ""])
-    lines.extend(["## Evaluation sets (manifests)", "", "Sets pinned by `evaluate.manifests` whose ROIs come from the "
-                  "trained U-Net (region pairs, clear regions, grounding) are evaluated on the pinned entries found "
-                  "again: lungs and zones by name, lesions by box (IoU >= 0.3, or one box holds the other's centre).", "",
-                  "| set | n | pinned entries found | seed | sha256 |", "|---|---|---|---|---|"])
-    found = lambda v: f"{v['found']} of {v['pinned']}" if "pinned" in v else "-"  # noqa: E731
-    lines.extend(f"| {k} | {v['n']} | {found(v)} | {v['seed']} | `{v['sha256'][:16]}` |"
-                 for k, v in metrics["manifests"].items())
-    return "\n".join(lines) + "\n"
-
-
-def benchmarks_markdown(metrics: dict) -> str:
-    from ..benchmarks import markdown
-
-    return ("\n" + markdown(metrics["benchmarks"])) if metrics.get("benchmarks") else ""
-
-
-def plot(curves: dict, results: dict, out_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import roc_curve
-
-    observations = sorted({o for c in curves.values() for o in c["roc"]})
-    if observations:
-        cols = min(4, len(observations))
-        rows = -(-len(observations) // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
-        for ax, o in zip(axes.flat, observations):
-            for name, c in curves.items():
-                if o in c["roc"]:
-                    y, s = c["roc"][o]
-                    fpr, tpr, _ = roc_curve(y, s)
-                    ax.plot(fpr, tpr, label=f"{name} {results[name][f'auroc/{o}']['value']:.2f}")
-            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
-            ax.set_title(o, fontsize=9)
-            ax.legend(fontsize=6, loc="lower right")
-        for ax in list(axes.flat)[len(observations):]:
-            ax.axis("off")
-        fig.suptitle("Zero-shot ROC on the test split")
-    else:  # a small test split may have no observation with two positives and two negatives
-        fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "no observation with >= 2 positives\nand >= 2 negatives in the test split", ha="center",
-                va="center")
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(out_dir / "roc.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    keys = ["i2r/R@1", "i2r/R@5", "i2r/R@10", "r2i/R@1", "r2i/R@5", "r2i/R@10", "phrase2roi/R@1", "phrase2roi/R@5"]
-    fig, ax = plt.subplots(figsize=(9, 3.5))
-    width = 0.8 / max(len(results), 1)
-    for j, (name, r) in enumerate(results.items()):
-        vals = [r.get(k, {"value": np.nan})["value"] for k in keys]
-        err = [[max(0.0, v - r[k]["ci_low"]) if k in r and np.isfinite(r[k]["ci_low"]) else 0 for k, v in zip(keys, vals)],
-               [max(0.0, r[k]["ci_high"] - v) if k in r and np.isfinite(r[k]["ci_high"]) else 0 for k, v in zip(keys, vals)]]
-        ax.bar(np.arange(len(keys)) + j * width, vals, width, yerr=err, label=name, capsize=2)
-    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("recall")
-    ax.legend(fontsize=7)
-    ax.set_title("Retrieval on the test split (95% bootstrap intervals)")
-    fig.tight_layout()
-    with atomic_path(out_dir / "retrieval.png") as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)

@@ -1,0 +1,168 @@
+"""report.md and the plots of the evaluate stage, from metrics.json's content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path
+from ..labels import OBSERVATIONS
+from .controls import CONTROLS
+from .robustness import PREFERENCES
+
+REGIONAL_HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "robust/negated",
+                     "robust/converse", "region/laterality", "region/top1"]
+HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "auroc/mean", "5x200/accuracy",
+            "i2r/R@1", "i2r/R@10", "r2i/R@1", "r2i/R@10", "region/top1", "region/laterality", "phrase2roi/R@1", "robust/negated", "robust/converse", "robust/uncertain",
+            "robust/other_finding", "grounding/pointing_game", "grounding/iou", "grounding/cnr",
+            "grounding/dense_pointing_game", "grounding/dense_miou", "grounding/dense_cnr",
+            "groundable/negated_accuracy", "groundable/present_accuracy"]
+
+
+
+def _cell(f: dict | None) -> str:
+    if f is None or not np.isfinite(f["value"]):
+        return "-"
+    if not np.isfinite(f["ci_low"]):
+        return f"{f['value']:.3f}"
+    return f"{f['value']:.3f} ({f['ci_low']:.3f} to {f['ci_high']:.3f})"
+
+
+def _seeds_cell(f: dict | None) -> str:
+    return "-" if f is None or not np.isfinite(f["mean"]) else f"{f['mean']:.3f} ± {f['sd']:.3f}"
+
+
+def report_markdown(metrics: dict) -> str:
+    runs, t = metrics["runs"], metrics["test"]
+    control = t["control"]
+    lines = ["# Region-Aware MedCLIP: evaluation", "",
+             f"Test split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
+             f"{t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, {t['grounding_boxes']} "
+             f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals: patient-level "
+             f"bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same resamples for every run. "
+             f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
+             "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
+             + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
+    band = metrics.get("null_band", {})
+    controlled = [n for n in runs if n.endswith(tuple(f"/{c}" for c in CONTROLS))]
+    keys = [k for k in REGIONAL_HEADLINE if any(k in r for r in runs.values())]
+    if keys:
+        shown = [n for n in runs if "/" not in n and (any(c.startswith(f"{n}/") for c in controlled) or not controlled)]
+        lines += ["## Figures only the image can win", "",
+                  "Presence of each regional finding at fixed positions (AUROC over images at one lung or zone "
+                  "position), region <-> phrase top-1 among findings at the pair's own position, and negation as one "
+                  "balanced figure; laterality and plain top-1 beside them (both can be won from where a box sits). "
+                  "`/mean_image` and `/other_patient`: every test image replaced by the mean test image or by another "
+                  "patient's image, the ROI boxes kept. A gain counts only where the real images beat these controls "
+                  "and lie above the chance row.", "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name in shown:
+            lines += [f"| {n} | " + " | ".join(_cell(runs[n].get(k)) for k in keys) + " |"
+                      for n in [name] + [c for c in controlled if c.startswith(f"{name}/")]]
+        if band.get("models"):
+            f = band["figures"]
+            lines.append(f"| chance: {band['models']} untrained {band['architecture']} | " + " | ".join(
+                f"{f[k]['mean']:.3f} ({f[k]['low']:.3f} to {f[k]['high']:.3f})" if k in f else "-" for k in keys) + " |")
+        lines.append("")
+    seeds, paired = metrics["seeds"], metrics["paired"].get(f"student - {control}", {})
+    if paired:
+        n_seeds = len(next(iter(seeds["student"].values()))["runs"]) if seeds.get("student") else 0
+        lines += [f"## Student vs {control} ({n_seeds} seeds)", "",
+                  f"Mean ± SD over seeds; the difference is the mean over seeds with its paired 95% interval pooled "
+                  f"over the seeds.", "", f"| metric | student | {control} | student - {control} |", "|---|---|---|---|"]
+        keys = [k for k in HEADLINE if k in paired] + sorted(k for k in paired if k not in HEADLINE)
+        lines += [f"| {k} | {_seeds_cell(seeds['student'].get(k))} | {_seeds_cell(seeds[control].get(k))} | "
+                  f"{_cell(paired[k])} |" for k in keys if k.count("/") == 1]
+        lines.append("")
+
+    def table(title: str, keys: list[str]) -> None:
+        keys = [k for k in keys if any(k in r for r in runs.values())]
+        if not keys:
+            return
+        lines.extend([f"## {title}", "", "| run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"])
+        lines.extend(f"| {name} | " + " | ".join(_cell(r.get(k)) for k in keys) + " |" for name, r in runs.items())
+        lines.append("")
+
+    table("Headline, every run", HEADLINE)
+    others = {k: v for k, v in metrics["paired"].items() if k != f"student - {control}"}
+    if others:
+        keys = [k for k in HEADLINE if any(k in v for v in others.values())]
+        lines.extend(["## Paired differences (first seed)", "", "| comparison | " + " | ".join(keys) + " |",
+                      "|---" * (len(keys) + 1) + "|"])
+        lines.extend(f"| {name} | " + " | ".join(_cell(v.get(k)) for k in keys) + " |" for name, v in others.items())
+        lines.append("")
+    table("Retrieval", [f"{d}/{m}" for d in ("i2r", "r2i", "phrase2roi") for m in ("R@1", "R@5", "R@10", "median_rank")])
+    table("Zero-shot AUROC per observation", [f"auroc/{o}" for o in OBSERVATIONS])
+    table("Robustness: the true statement preferred over", [f"robust/{k}" for k in PREFERENCES])
+    per_finding = sorted({k for r in runs.values() for k in r if k.count("/") == 2})
+    table("Robustness per finding", per_finding)
+    if "pairing_on_truth" in metrics:
+        p = metrics["pairing_on_truth"]
+        lines.extend([f"Pairing on the synthetic truth (all splits): {p['right']} of {p['judged']} judged pairs right "
+                      f"({p['accuracy']:.3f}).", ""])
+    lines.extend(["## Evaluation sets (manifests)", "", "Sets pinned by `evaluate.manifests` whose ROIs come from the "
+                  "trained U-Net (region pairs, clear regions, grounding) are evaluated on the pinned entries found "
+                  "again: lungs and zones by name, lesions by box (IoU >= 0.3, or one box holds the other's centre).", "",
+                  "| set | n | pinned entries found | seed | sha256 |", "|---|---|---|---|---|"])
+    found = lambda v: f"{v['found']} of {v['pinned']}" if "pinned" in v else "-"  # noqa: E731
+    lines.extend(f"| {k} | {v['n']} | {found(v)} | {v['seed']} | `{v['sha256'][:16]}` |"
+                 for k, v in metrics["manifests"].items())
+    return "\n".join(lines) + "\n"
+
+
+def benchmarks_markdown(metrics: dict, markdown) -> str:
+    """The benchmarks' section, written by `markdown` (pipeline.benchmarks.markdown: the stage passes it, so
+    nothing here imports the benchmark readers, which import this package)."""
+    return ("\n" + markdown(metrics["benchmarks"])) if metrics.get("benchmarks") else ""
+
+
+def plot(curves: dict, results: dict, out_dir: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    observations = sorted({o for c in curves.values() for o in c["roc"]})
+    if observations:
+        cols = min(4, len(observations))
+        rows = -(-len(observations) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+        for ax, o in zip(axes.flat, observations):
+            for name, c in curves.items():
+                if o in c["roc"]:
+                    y, s = c["roc"][o]
+                    fpr, tpr, _ = roc_curve(y, s)
+                    ax.plot(fpr, tpr, label=f"{name} {results[name][f'auroc/{o}']['value']:.2f}")
+            ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+            ax.set_title(o, fontsize=9)
+            ax.legend(fontsize=6, loc="lower right")
+        for ax in list(axes.flat)[len(observations):]:
+            ax.axis("off")
+        fig.suptitle("Zero-shot ROC on the test split")
+    else:  # a small test split may have no observation with two positives and two negatives
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "no observation with >= 2 positives\nand >= 2 negatives in the test split", ha="center",
+                va="center")
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic_path(out_dir / "roc.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    keys = ["i2r/R@1", "i2r/R@5", "i2r/R@10", "r2i/R@1", "r2i/R@5", "r2i/R@10", "phrase2roi/R@1", "phrase2roi/R@5"]
+    fig, ax = plt.subplots(figsize=(9, 3.5))
+    width = 0.8 / max(len(results), 1)
+    for j, (name, r) in enumerate(results.items()):
+        vals = [r.get(k, {"value": np.nan})["value"] for k in keys]
+        err = [[max(0.0, v - r[k]["ci_low"]) if k in r and np.isfinite(r[k]["ci_low"]) else 0 for k, v in zip(keys, vals)],
+               [max(0.0, r[k]["ci_high"] - v) if k in r and np.isfinite(r[k]["ci_high"]) else 0 for k, v in zip(keys, vals)]]
+        ax.bar(np.arange(len(keys)) + j * width, vals, width, yerr=err, label=name, capsize=2)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("recall")
+    ax.legend(fontsize=7)
+    ax.set_title("Retrieval on the test split (95% bootstrap intervals)")
+    fig.tight_layout()
+    with atomic_path(out_dir / "retrieval.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
