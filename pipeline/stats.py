@@ -74,3 +74,29 @@ def paired(values_a: list[float], reps_a: list[np.ndarray], values_b: list[float
     same difference over the shared resamples (seed s of A and of B were scored on the same patients)."""
     diff = np.mean(reps_a, axis=0) - np.mean(reps_b, axis=0)
     return figure(float(np.mean(values_a) - np.mean(values_b)), diff, n)
+
+
+TWO_LEVEL = "two-level bootstrap over seeds x patients, 95% percentile"
+
+
+def seed_draws(seeds: int, rounds: int, seed: int) -> np.ndarray:
+    """(rounds, seeds) seed indices drawn with replacement, from a stream of their own (`seed`, not the patients')."""
+    return np.random.default_rng([seed, 1]).integers(0, seeds, (rounds, seeds)) if seeds else np.zeros((rounds, 0), int)
+
+
+def two_level(values_a: list[float], reps_a: list[np.ndarray], values_b: list[float] | None = None,
+              reps_b: list[np.ndarray] | None = None, n: int = 0, seed: int = 0) -> dict:
+    """The mean over seeds of A (or of A - B, the seeds paired by index: seed s of A and of B trained with the same
+    seed and scored on the same patient resamples) with a two-level bootstrap interval: round r draws the seeds
+    with replacement (seed_draws) and takes round r's patient resample, whose figure of seed s is reps[s][r]; the
+    round's statistic is the mean over the drawn seeds of A_s - B_s. The interval so holds training (seed) variance
+    and patient variance; with one seed it is the patient bootstrap's."""
+    d = np.asarray(reps_a, np.float64)
+    value = float(np.mean(values_a))
+    if reps_b is not None:
+        d = d - np.asarray(reps_b, np.float64)
+        value -= float(np.mean(values_b))
+    seeds, rounds = d.shape
+    draws = seed_draws(seeds, rounds, seed)
+    replicates = d[draws, np.arange(rounds)[:, None]].mean(1)
+    return {**figure(value, replicates, n), "interval": TWO_LEVEL, "seeds": int(seeds)}

@@ -189,3 +189,30 @@ def test_pinned_sets_stop_when_the_ground_truth_or_the_images_differ(tmp_path):
 def test_caption_groups_mark_duplicates_after_normalisation():
     groups = caption_groups(["Left apex mass.", "left  apex mass", "No acute process.", "right apex mass"])
     assert groups[0] == groups[1] != groups[2] and groups[3] not in (groups[0], groups[2])
+
+
+def test_compare_gives_student_minus_control_and_seed_means_the_two_level_interval():
+    from pipeline.stages.evaluate import compare
+
+    units = [f"p{i}" for i in range(20)]
+    rng = np.random.default_rng(4)
+    boot = stats.PatientBootstrap(units, rounds=200, seed=0)
+    cfg = {"control": "global_only", "seeds": 3, "seed": 9}
+    results, replicates, values = {}, {}, {}
+    for run in ("student", "student@1", "student@2", "global_only", "global_only@1", "global_only@2", "baseline"):
+        values[run] = rng.random(20)
+        replicates[run] = {"m/x": boot.replicate(lambda i, v=values[run]: v[i].mean(), units)}
+        results[run] = {"m/x": stats.figure(values[run].mean(), replicates[run]["m/x"], 20)}
+    seeds, paired = compare(results, replicates, cfg)
+    s, c = ["student", "student@1", "student@2"], ["global_only", "global_only@1", "global_only@2"]
+    expected = stats.two_level([values[r].mean() for r in s], [replicates[r]["m/x"] for r in s],
+                               [values[r].mean() for r in c], [replicates[r]["m/x"] for r in c], 20, 9)
+    assert paired["student - global_only"]["m/x"] == expected
+    assert paired["student - global_only"]["m/x"]["interval"].startswith("two-level bootstrap over seeds x patients")
+    mean = stats.two_level([values[r].mean() for r in s], [replicates[r]["m/x"] for r in s], n=20, seed=9)
+    assert (seeds["student"]["m/x"]["ci_low"], seeds["student"]["m/x"]["ci_high"]) == (mean["ci_low"], mean["ci_high"])
+    assert seeds["student"]["m/x"]["mean"] == pytest.approx(np.mean([values[r].mean() for r in s]))
+    # one seed against another run: the patient bootstrap on the shared resamples
+    assert paired["student - baseline"]["m/x"] == stats.paired(
+        [values["student"].mean()], [replicates["student"]["m/x"]], [values["baseline"].mean()],
+        [replicates["baseline"]["m/x"]], 20)

@@ -148,3 +148,20 @@ def test_the_evaluation_package_imports_no_stage():
             "print(sorted(m for m in sys.modules if m.startswith('pipeline.stages')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_pooled_presence_auroc_recomputes_each_findings_auroc_in_every_bootstrap_round():
+    from pipeline import stats
+
+    roi_where, owner, findings, hedged = cohort(n_images=40, seed=3)
+    items = regional.presence_items(roi_where, owner, findings, hedged)
+    units = [f"p{owner[r] // 2}" for r in items["roi"]]  # two images a patient
+    roi = np.random.default_rng(1).standard_normal((len(roi_where), 512))  # a noisy model: AUROCs vary by round
+    figures = regional.presence_figures(roi, text_table(), 10.0, items, units)
+    boot = stats.PatientBootstrap(units, rounds=60, seed=0)
+    pooled = boot.replicate(figures["presence/auroc"][1], units)
+    per_finding = np.array([boot.replicate(stat, units) for k, (_, stat) in figures.items() if k.count("/") == 2])
+    assert np.isfinite(per_finding).any(axis=1).sum() == 3  # the three findings the cohort draws
+    # round by round: the mean of that round's per-finding AUROCs (each taken over the round's resample)
+    assert np.allclose(pooled, np.nanmean(per_finding, axis=0), equal_nan=True)
+    assert np.nanstd(pooled) > 0.005  # the rounds differ: the interval is not the point value's

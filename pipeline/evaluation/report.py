@@ -8,8 +8,11 @@ import numpy as np
 
 from ..io import atomic_path
 from ..labels import OBSERVATIONS
+from ..stats import TWO_LEVEL
 from .controls import CONTROLS
 from .robustness import PREFERENCES
+
+ORACLE = "oracle_rois"  # "<run>/oracle_rois": the run's regional figures with ground-truth ROIs
 
 REGIONAL_HEADLINE = ["presence/auroc", "region/same_position_top1", "robust/balanced_negation", "robust/negated",
                      "robust/converse", "region/laterality", "region/top1"]
@@ -30,7 +33,47 @@ def _cell(f: dict | None) -> str:
 
 
 def _seeds_cell(f: dict | None) -> str:
-    return "-" if f is None or not np.isfinite(f["mean"]) else f"{f['mean']:.3f} ± {f['sd']:.3f}"
+    """Mean over seeds ± SD over seeds, then the mean's interval (two-level bootstrap) where there is one."""
+    if f is None or not np.isfinite(f["mean"]):
+        return "-"
+    if "ci_low" not in f or not np.isfinite(f["ci_low"]):
+        return f"{f['mean']:.3f} ± {f['sd']:.3f}"
+    return f"{f['mean']:.3f} ± {f['sd']:.3f} ({f['ci_low']:.3f} to {f['ci_high']:.3f})"
+
+
+ORACLE_KEYS = ("presence/auroc", "region/same_position_top1", "region/top1")
+
+
+def oracle_markdown(metrics: dict) -> list[str]:
+    """Regional figures with the pipeline's predicted ROIs and with ground-truth ROIs, side by side, for the student
+    and the control: means over seeds where there are seed figures, else the first seed's."""
+    runs, control = metrics["runs"], metrics["test"]["control"]
+    seeds, paired = metrics.get("seeds", {}), metrics.get("paired", {})
+    if f"student/{ORACLE}" not in runs and f"{control}/{ORACLE}" not in runs:
+        return []
+
+    def cell(name: str, m: str) -> str:
+        if m in seeds.get(name, {}):
+            return _seeds_cell(seeds[name][m])
+        return _cell(runs.get(name, {}).get(m))
+
+    found = {m for n in (f"student/{ORACLE}", f"{control}/{ORACLE}") for m in runs.get(n, {})}
+    keys = [k for k in ORACLE_KEYS if k in found] + sorted(k for k in found if k.startswith("presence/auroc/"))
+    oracle = metrics["test"].get("oracle_rois", {})
+    lines = ["## Predicted ROIs and ground-truth (oracle) ROIs", "",
+             "The regional figures with the pipeline's ROIs (U-Net lungs, zones and lesions) and with ROIs from the "
+             "synthetic ground truth: lung and zone boxes from the true lung masks by the crop stage's zone rule, "
+             "lesion boxes from the true finding boxes, padded like the crop stage's; the phrases paired with them by "
+             "the same rule (pairing.pair_rois)"
+             + (f" ({oracle['images']} images, {oracle['pairs']} pairs)" if oracle else "") + ". Means over seeds ± "
+             "SD with the two-level interval where there are seeds.", "",
+             f"| metric | student | student, oracle ROIs | {control} | {control}, oracle ROIs | student - {control} | "
+             f"student - {control}, oracle ROIs |", "|---" * 7 + "|"]
+    for k in keys:
+        lines.append(f"| {k} | {cell('student', k)} | {cell(f'student/{ORACLE}', k)} | {cell(control, k)} | "
+                     f"{cell(f'{control}/{ORACLE}', k)} | {_cell(paired.get(f'student - {control}', {}).get(k))} | "
+                     f"{_cell(paired.get(f'student/{ORACLE} - {control}/{ORACLE}', {}).get(k))} |")
+    return lines + [""]
 
 
 def report_markdown(metrics: dict) -> str:
@@ -39,8 +82,9 @@ def report_markdown(metrics: dict) -> str:
     lines = ["# Region-Aware MedCLIP: evaluation", "",
              f"Test split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
              f"{t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, {t['grounding_boxes']} "
-             f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals: patient-level "
-             f"bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same resamples for every run. "
+             f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals of one run's "
+             f"figures: patient-level bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same "
+             f"resamples for every run; of means over seeds and of student - {control}: {TWO_LEVEL}. "
              f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
              "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
              + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
@@ -68,12 +112,16 @@ def report_markdown(metrics: dict) -> str:
     if paired:
         n_seeds = len(next(iter(seeds["student"].values()))["runs"]) if seeds.get("student") else 0
         lines += [f"## Student vs {control} ({n_seeds} seeds)", "",
-                  f"Mean ± SD over seeds; the difference is the mean over seeds with its paired 95% interval pooled "
-                  f"over the seeds.", "", f"| metric | student | {control} | student - {control} |", "|---|---|---|---|"]
+                  f"Mean over seeds ± SD over seeds, with the mean's 95% interval; the difference is the mean over "
+                  f"seeds of the per-seed difference (seed k of the student against seed k of {control}). Intervals: "
+                  f"{TWO_LEVEL}: each round draws the seeds with replacement and resamples the patients, and takes "
+                  f"the mean over the drawn seeds on that round's patients, so they hold training (seed) variance "
+                  f"beside patient variance.", "", f"| metric | student | {control} | student - {control} |", "|---|---|---|---|"]
         keys = [k for k in HEADLINE if k in paired] + sorted(k for k in paired if k not in HEADLINE)
         lines += [f"| {k} | {_seeds_cell(seeds['student'].get(k))} | {_seeds_cell(seeds[control].get(k))} | "
                   f"{_cell(paired[k])} |" for k in keys if k.count("/") == 1]
         lines.append("")
+    lines += oracle_markdown(metrics)
 
     def table(title: str, keys: list[str]) -> None:
         keys = [k for k in keys if any(k in r for r in runs.values())]
@@ -84,7 +132,7 @@ def report_markdown(metrics: dict) -> str:
         lines.append("")
 
     table("Headline, every run", HEADLINE)
-    others = {k: v for k, v in metrics["paired"].items() if k != f"student - {control}"}
+    others = {k: v for k, v in metrics["paired"].items() if k != f"student - {control}" and f"/{ORACLE} - " not in k}
     if others:
         keys = [k for k in HEADLINE if any(k in v for v in others.values())]
         lines.extend(["## Paired differences (first seed)", "", "| comparison | " + " | ".join(keys) + " |",

@@ -31,7 +31,10 @@ Runs: every run of evaluate.runs (and the seed replicas of student and the contr
 external baselines of evaluate.baselines (e.g. OpenAI CLIP, BiomedCLIP: zero-shot as they are, each with its own
 tokenizer and preprocessing, models.create), and `<run>/crop` for the crop baselines (each ROI embedded as the crop stage's ROI image, not pooled). metrics.json
 holds every run's figures, the mean and spread of student and control over seeds, and paired differences
-(student - control pooled over seeds; student - each ablation) on the same patient resamples.
+(student - control over seeds; student - each ablation) on the same patient resamples. A run's interval is the
+patient bootstrap's; the means over seeds and student - control have a two-level bootstrap interval over seeds x
+patients (stats.two_level: each round draws the seeds with replacement and the patients; seed k of the student is
+paired with seed k of the control), so they hold training variance too.
 
 Every evaluation set is a manifest (ids, seed, SHA-256) under results/evaluate/manifests/. With evaluate.manifests
 naming a folder of pinned manifests, the sets fixed by the data alone (test images, the 5x200 subset, retrieval
@@ -61,7 +64,7 @@ from ..evaluation.controls import CONTROLS, ControlImages, null_band
 from ..evaluation.embedder import Embedder
 from ..evaluation.grounding import (dense_grounding_figures, groundable_figures, grounding_figures, heat_map,
                                     roi_grounding_figures)
-from ..evaluation.report import HEADLINE, benchmarks_markdown, plot, report_markdown
+from ..evaluation.report import HEADLINE, ORACLE, benchmarks_markdown, plot, report_markdown
 from ..evaluation.retrieval import region_phrase_figures, retrieval_figures, top1_unique
 from ..evaluation.robustness import alternatives, robustness_figures
 from ..evaluation.zeroshot import FIVE, five_by_200, zeroshot_figures
@@ -491,6 +494,8 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
                         "pairs": len(test.pairs), "clear_regions": len(test.clear),
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
                         "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"],
+                        "intervals": {"run": "patient-level bootstrap, 95% percentile",
+                                      "seeds and student - control": stats.TWO_LEVEL},
                         "external": sorted(cfg.get("baselines", {}))}}
     if prepare_cfg is not None:
         metrics["benchmarks"] = run_benchmarks(checkpoints, model_names, out_dir, cfg, prepare_cfg, device)
@@ -508,17 +513,17 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
 
 
 def compare(results: dict, replicates: dict, cfg: dict) -> tuple[dict, dict]:
-    """Mean and spread over seeds of student and the control, and paired differences on the shared resamples:
-    student - control pooled over seeds, and student - each other run (first seed)."""
+    """Mean over seeds of student and the control (and of their oracle-ROI figures), with the SD over seeds and the
+    two-level interval (stats.two_level: seeds x patients); student - control as the mean over seeds of the
+    per-seed difference (seeds paired by index) with its two-level interval; student - each other run (first seed)
+    on the shared patient resamples (stats.paired)."""
     control = cfg["control"]
-    family = {name: [r for r in seed_replicas({"evaluate": cfg}, name) if r in results] for name in ("student", control)}
-    seeds = {}
-    for name, runs in family.items():
-        metrics = set.intersection(*(set(results[r]) for r in runs)) if runs else set()
-        seeds[name] = {m: {"mean": float(np.mean([results[r][m]["value"] for r in runs])),
-                           "sd": float(np.std([results[r][m]["value"] for r in runs], ddof=1)) if len(runs) > 1 else 0.0,
-                           "values": [results[r][m]["value"] for r in runs], "runs": runs} for m in sorted(metrics)}
-    paired = {}
+    seeds, paired = {}, {}
+
+    def two_level(a: list[str], b: list[str], m: str) -> dict:
+        return stats.two_level([results[r][m]["value"] for r in a], [replicates[r][m] for r in a],
+                               [results[r][m]["value"] for r in b] if b else None,
+                               [replicates[r][m] for r in b] if b else None, results[a[0]][m]["n"], cfg["seed"])
 
     def diff(a: list[str], b: list[str]) -> dict:
         shared = sorted(set.intersection(*(set(results[r]) for r in a + b)))
@@ -526,12 +531,29 @@ def compare(results: dict, replicates: dict, cfg: dict) -> tuple[dict, dict]:
                                 [results[r][m]["value"] for r in b], [replicates[r][m] for r in b],
                                 results[a[0]][m]["n"]) for m in shared}
 
-    if family["student"] and family[control]:
-        paired[f"student - {control}"] = diff(family["student"], family[control])
+    for suffix in ("", f"/{ORACLE}"):
+        family = {name: {r: f"{r}{suffix}" for r in seed_replicas({"evaluate": cfg}, name) if f"{r}{suffix}" in results}
+                  for name in ("student", control)}
+        for name, runs in family.items():
+            runs = list(runs.values())
+            if not runs and suffix:
+                continue
+            metrics = set.intersection(*(set(results[r]) for r in runs)) if runs else set()
+            seeds[f"{name}{suffix}"] = {m: {
+                "mean": float(np.mean([results[r][m]["value"] for r in runs])),
+                "sd": float(np.std([results[r][m]["value"] for r in runs], ddof=1)) if len(runs) > 1 else 0.0,
+                "values": [results[r][m]["value"] for r in runs], "runs": runs,
+                **{k: v for k, v in two_level(runs, [], m).items() if k in ("ci_low", "ci_high", "interval")}}
+                for m in sorted(metrics)}
+        both = [r for r in family["student"] if r.replace("student", control, 1) in family[control]]
+        if both:
+            a = [family["student"][r] for r in both]
+            b = [family[control][r.replace("student", control, 1)] for r in both]
+            shared = sorted(set.intersection(*(set(results[r]) for r in a + b)))
+            paired[f"student{suffix} - {control}{suffix}"] = {m: two_level(a, b, m) for m in shared}
+
     if "student" in results:
         for name in results:
-            if name != "student" and "@" not in name and name != control:
+            if name != "student" and "@" not in name and name != control and not name.endswith(f"/{ORACLE}"):
                 paired[f"student - {name}"] = diff(["student"], [name])
     return seeds, paired
-
-
