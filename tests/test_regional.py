@@ -165,3 +165,70 @@ def test_the_pooled_presence_auroc_recomputes_each_findings_auroc_in_every_boots
     # round by round: the mean of that round's per-finding AUROCs (each taken over the round's resample)
     assert np.allclose(pooled, np.nanmean(per_finding, axis=0), equal_nan=True)
     assert np.nanstd(pooled) > 0.005  # the rounds differ: the interval is not the point value's
+
+
+def truth_film(tmp_path, image_id: str, rng) -> tuple[set, np.ndarray]:
+    """A synthetic truth mask (120 x 100 source pixels, bit 1 right lung on the image's left, bit 2 left lung, bit 4
+    lesion) written like the synthesize stage, and its drawn regional findings (original-pixel boxes)."""
+    from PIL import Image
+
+    bits = np.zeros((120, 100), np.uint8)
+    top = int(rng.integers(10, 20))
+    bits[top:100, 10:45] |= 1
+    bits[top:100, 55:90] |= 2
+    drawn = set()
+    for o, zone, rows in (("Pleural Effusion", "lower", (80, 99)), ("Lung Lesion", "upper", (top + 2, top + 12))):
+        for side, cols in (("right", (15, 30)), ("left", (60, 75))):
+            if rng.random() < 0.5:
+                bits[rows[0]:rows[1], cols[0]:cols[1]] |= 4
+                drawn.add((o, side, zone, (float(cols[0]), float(rows[0]), float(cols[1]), float(rows[1]))))
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    Image.fromarray(bits).save(tmp_path / "masks" / f"{image_id}.png")
+    return drawn, bits
+
+
+def test_oracle_rois_follow_the_crop_stages_rule_and_an_oracle_model_scores_presence_one(tmp_path):
+    from pipeline.geometry import mask_box
+    from pipeline.stages.crop import pad_box, zone_boxes
+    from pipeline.stages.evaluate import oracle_rois, truth_mask
+    from pipeline.stages.normalize import fit, letterbox_mask, to_normalized
+
+    rng = np.random.default_rng(0)
+    size, cfg = 64, {"pad": 0.1, "min_size": 8}
+    nh, nw, top, left = fit(120, 100, size)
+    transform = np.array([nh / 120, nw / 100, top, left])
+    predicted = {"roi_kind": ["image", "lung"], "roi_box": [(left, top, left + nw, top + nh), (0, 0, 9, 9)]}
+    roi_where, owner, boxes, findings = [], [], [], []
+    for k in range(16):
+        drawn, bits = truth_film(tmp_path, f"img{k}", rng)
+        mask = truth_mask(tmp_path, f"img{k}", size)
+        assert np.array_equal(mask, letterbox_mask(bits, size))
+        rois = oracle_rois(mask, drawn, transform, predicted, size, cfg)
+        assert rois["roi_kind"][:2] == ["image", "lung"] and rois["roi_box"][0] == predicted["roi_box"][0]
+        right = (mask & 1) > 0  # the crop stage's rule on the true lung: the same boxes, padded alike
+        assert rois["roi_box"][1] == pad_box(mask_box(right), size, 0.1, 8)
+        assert rois["roi_box"][2:5] == [pad_box(b, size, 0.1, 8) for _, b, _ in zone_boxes(right)]
+        lesions = [b for kind, b in zip(rois["roi_kind"], rois["roi_box"]) if kind == "lesion"]
+        assert sorted(lesions) == sorted(pad_box(to_normalized(np.array([b]), transform)[0], size, 0.1, 8)
+                                         for *_, b in drawn)
+        where = list(zip(rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]))
+        roi_where += where
+        owner += [k] * len(where)
+        boxes += list(rois["roi_box"])
+        findings.append({(o, s, z, tuple(to_normalized(np.array([b]), transform)[0])) for o, s, z, b in drawn})
+    owner, boxes = np.array(owner), np.array(boxes)
+    items = regional.presence_items(roi_where, owner, findings, [set()] * 16, boxes)
+    units = [f"p{owner[r]}" for r in items["roi"]]
+    assert set(items["position"]) >= {"right lower", "left upper", "right lung"}
+    texts = text_table()
+    model = np.zeros((len(roi_where), 512))  # the oracle model: each ROI embeds what is true of it
+    for r, (kind, side, zone) in enumerate(roi_where):
+        if kind in ("lung", "zone"):
+            for o in REGIONAL:
+                y = regional.presence_label(findings[owner[r]], set(), o, side, zone, boxes[r])
+                if np.isfinite(y):
+                    model[r] += texts([statement(o, side, zone, negated=not y)])[0]
+    figures = regional.presence_figures(model, texts, 10.0, items, units)
+    everyone = np.arange(len(units))
+    assert figures["presence/auroc"][1](everyone) == pytest.approx(1.0)
+    assert figures["presence/auroc/Lung Lesion"][1](everyone) == pytest.approx(1.0)

@@ -68,12 +68,13 @@ from ..evaluation.report import HEADLINE, ORACLE, benchmarks_markdown, plot, rep
 from ..evaluation.retrieval import region_phrase_figures, retrieval_figures, top1_unique
 from ..evaluation.robustness import alternatives, robustness_figures
 from ..evaluation.zeroshot import FIVE, five_by_200, zeroshot_figures
-from ..geometry import box_iou, holds_centre
+from ..geometry import box_iou, holds_centre, mask_box
 from ..io import atomic_path, usable_threads
 from ..pairing import accuracy_on_truth, clear_regions, pair_caption, pair_rois, read_truth, stated_findings
 from ..shards import Shard, decode
 from ..vocab import REGIONAL
-from .normalize import as_uint8, to_normalized
+from .crop import ZONES, pad_box, zone_boxes, zone_edges
+from .normalize import as_uint8, letterbox_mask, to_normalized
 
 # what other modules and tests import from here, now defined in pipeline/evaluation/
 __all__ = ["Embedder", "alternatives", "grounding_figures", "heat_map", "load_test_set", "run", "top1_unique"]
@@ -102,9 +103,14 @@ class TestSet:
 
 
 def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, split: str = "test",
-                  keep_ids: list[str] | None = None) -> TestSet:
+                  keep_ids: list[str] | None = None, oracle: bool = False) -> TestSet:
     """The test images with their ROIs, ROI <-> phrase pairs and clear regions; `keep_ids` restricts the images to
-    a pinned list (in the data's order). Images and ROI crops are read from the shards on demand."""
+    a pinned list (in the data's order). Images and ROI crops are read from the shards on demand.
+    oracle: the ROIs from the synthetic ground truth instead of the crop stage's (`oracle_rois`; needs truth_dir),
+    paired with the phrases by the same rule; the ROI crops are then the crop stage's rows of the predicted ROIs
+    and not read (the oracle is scored with pooled ROIs only)."""
+    if oracle and not truth_dir:
+        raise ValueError("oracle ROIs need the synthetic ground truth (truth_dir)")
     box, region = read_truth(truth_dir) if truth_dir else ({}, {})
     drawn = regional.truth_findings(truth_dir) if truth_dir else None
     joined = list(join_shards({"normalized": normalize_shards, "crops": crop_shards, "reports": report_shards},
@@ -113,11 +119,18 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
     every = np.arange(len(joined))
     labels = ShardRows(list(report_shards), "labels_source", shard, [x.report_row for x in joined])[every]
     transforms = ShardRows(list(normalize_shards), "transform", shard, row)[every]
+    if oracle:
+        size = ShardRows(list(normalize_shards), "image", shard, row).shape[-1]
+        with Shard(crop_shards[0]) as c:
+            crop_cfg = c.config  # the rule that made the predicted ROIs: the oracle's are padded alike
     out = {k: [] for k in ("roi_owner", "roi_of", "roi_box", "roi_shard", "roi_row", "roi_name", "roi_where", "pairs",
                            "clear", "findings", "hedged")}
     n_rois = 0
     for index, x in enumerate(joined):
         rois, ph = x.rois, x.phrases
+        if oracle:
+            rois = oracle_rois(truth_mask(truth_dir, x.image_id, size), drawn.get(x.image_id, set()),
+                               transforms[index], rois, size, crop_cfg)
         n = len(rois["roi_kind"])
         out["roi_owner"].append(np.full(n, index))
         out["roi_box"].append(np.asarray(rois["roi_box"], np.float64).reshape(-1, 4))
@@ -153,6 +166,64 @@ def load_test_set(normalize_shards, crop_shards, report_shards, truth_dir=None, 
                    out["roi_of"], np.concatenate(out["roi_box"]) if out["roi_box"] else np.zeros((0, 4)),
                    ShardRows(list(crop_shards), "rois/roi_image", out["roi_shard"], out["roi_row"]),
                    out["roi_name"], out["roi_where"], out["findings"], out["hedged"], out["pairs"], out["clear"])
+
+
+def truth_mask(truth_dir: str | Path, image_id: str, size: int) -> np.ndarray | None:
+    """The synthetic truth's bit mask (bit 1 right lung, 2 left lung, 4 lesion) in the normalized grid (letterboxed
+    like its image), or None where the image has none."""
+    from PIL import Image
+
+    path = Path(truth_dir, "masks", f"{image_id}.png")
+    return letterbox_mask(np.asarray(Image.open(path)), size) if path.exists() else None
+
+
+def oracle_rois(bits: np.ndarray | None, drawn: set, transform: np.ndarray, predicted: dict, size: int,
+                crop_cfg: dict) -> dict:
+    """Ground-truth ROIs of one image in the crop shard's layout (roi_kind, roi_laterality, roi_zone, roi_area,
+    roi_box in normalized pixels): the predicted whole-image ROI as it is; each true lung's box and its zones by the
+    crop stage's rule (crop.zone_boxes on the true lung mask); a lesion ROI per drawn regional finding, its box the
+    truth's (original pixels, mapped like the ground-truth boxes; a bilateral finding's box cut at the midline
+    between the true lungs for each side), its zone the truth's or, without one, the crop stage's rule (the zone holding its centre row). Boxes
+    padded like the crop stage's (crop.pad_box with the crop shard's pad and min_size). drawn: regional.truth_findings
+    of the image. No mask: the image ROI alone."""
+    out = {k: [] for k in ("roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box")}
+
+    def add(box, kind, side, zone, area, pad=True):
+        out["roi_box"].append(pad_box(box, size, crop_cfg["pad"], crop_cfg["min_size"]) if pad else tuple(box))
+        out["roi_kind"].append(kind)
+        out["roi_laterality"].append(side)
+        out["roi_zone"].append(zone)
+        out["roi_area"].append(int(area))
+
+    for k, kind in enumerate(predicted["roi_kind"]):
+        if kind == "image":
+            add(predicted["roi_box"][k], "image", "", "", 0, pad=False)
+    if bits is None:
+        return out
+    lungs = {side: (bits & bit) > 0 for side, bit in (("right", 1), ("left", 2))}
+    for side, lung in lungs.items():
+        if lung.any():
+            add(mask_box(lung), "lung", side, "", lung.sum())
+            for zone, zbox, area in zone_boxes(lung):
+                add(zbox, "zone", side, zone, area)
+    both = lungs["right"].any() and lungs["left"].any()
+    midline = (mask_box(lungs["right"])[2] + mask_box(lungs["left"])[0]) / 2 if both else size / 2
+    for o, side, zone, box in sorted(drawn, key=str):
+        x0, y0, x1, y1 = to_normalized(np.array([box], float), transform)[0]
+        lung = lungs.get(side)
+        if lung is None or not lung.any():
+            continue
+        if side == "right":  # the patient's right on the image's left: a bilateral finding's box cut at the midline
+            x1 = min(x1, midline)
+        else:
+            x0 = max(x0, midline)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        if not zone:
+            edges = zone_edges(lung)
+            zone = ZONES[int(np.clip(np.searchsorted(edges, (y0 + y1) / 2, side="right") - 1, 0, 2))]
+        add((x0, y0, x1, y1), "lesion", side, zone, (x1 - x0) * (y1 - y0))
+    return out
 
 
 def present_findings(phrases: dict) -> tuple[set, set]:
@@ -367,6 +438,17 @@ def model_figures(emb: Embedder, test: TestSet, five: tuple[np.ndarray, np.ndarr
     return out, {"roc": roc}
 
 
+def oracle_figures(emb: Embedder, test: TestSet) -> dict:
+    """The regional figures of a test set with ground-truth ROIs (load_test_set(oracle=True)): presence/*,
+    region/same_position_top1 and region/top1."""
+    _, roi = emb.images_and_rois(test.images, test.roi_owner, test.roi_box)
+    out = regional_figures(emb, test, roi)
+    top1 = region_phrase_figures(emb, roi, test.pairs, [test.patient_id[p["image"]] for p in test.pairs])
+    if "region/top1" in top1:
+        out["region/top1"] = top1["region/top1"]
+    return out
+
+
 def regional_figures(emb: Embedder, test: TestSet, roi: np.ndarray) -> dict:
     """presence/* at fixed positions and region/same_position_top1 (evaluation/regional.py) of pooled ROIs."""
     items = regional.presence_items(test.roi_where, test.roi_owner, test.findings, test.hedged, test.roi_box)
@@ -456,12 +538,19 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     for name, n in found.items():
         manifests[name].update(n)
 
+    oracle = None  # the synthetic truth's ROIs beside the predicted ones, for student and the control
+    if truth_dir and Path(truth_dir, "masks").is_dir():
+        oracle = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, keep_ids=keep,
+                               oracle=True)
     boot = stats.PatientBootstrap(test.patient_id, cfg["bootstrap"], seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, replicates, curves = {}, {}, {}
 
-    def score(key: str, emb: Embedder, test_set: TestSet, mode: str = "pooled") -> None:
-        figures, curves[key] = model_figures(emb, test_set, five, retrieval, mode)
+    def score(key: str, emb: Embedder, test_set: TestSet, mode: str = "pooled", figures_of=None) -> None:
+        if figures_of is None:
+            figures, curves[key] = model_figures(emb, test_set, five, retrieval, mode)
+        else:
+            figures, curves[key] = figures_of(emb, test_set), {"roc": {}}
         results[key], replicates[key] = {}, {}
         for metric, (units, stat) in figures.items():
             replicates[key][metric] = boot.replicate(stat, units)
@@ -471,6 +560,8 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     for name, weights in checkpoints.items():
         emb = Embedder(weights, model_names[name], device)
         score(name, emb, test)
+        if oracle is not None and name.partition("@")[0] in ("student", cfg["control"]):
+            score(f"{name}/{ORACLE}", emb, oracle, figures_of=oracle_figures)
         if name == "baseline" or name in cfg["crop_baselines"]:
             score(f"{name}/crop", emb, test, "crop")
         if name in cfg["input_controls"]:  # the same ROI boxes over the mean image / another patient's image
@@ -497,6 +588,9 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
                         "intervals": {"run": "patient-level bootstrap, 95% percentile",
                                       "seeds and student - control": stats.TWO_LEVEL},
                         "external": sorted(cfg.get("baselines", {}))}}
+    if oracle is not None:
+        metrics["test"]["oracle_rois"] = {"images": len(oracle.image_id), "rois": len(oracle.roi_where),
+                                          "pairs": len(oracle.pairs)}
     if prepare_cfg is not None:
         metrics["benchmarks"] = run_benchmarks(checkpoints, model_names, out_dir, cfg, prepare_cfg, device)
     if truth_dir:  # synthetic source: how often pairing picked the region a phrase describes (all splits)
