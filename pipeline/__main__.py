@@ -16,7 +16,7 @@
                                     chexpert_5x200, mimic_5x200 from their official files
     qc SEGMENT_DIR [-o DIR]         flags per image and a montage of the worst segmentations
     pin FOLDER [--results DIR]      pin a run's evaluation sets (for evaluate.manifests) without evaluating
-    bench normalize|synthesize|parse-reports|segment|pairing|train|backbones|scale   figures on this machine
+    bench normalize|synthesize|parse-reports|segment|pairing|train|backbones|scale|unet   figures on this machine
 """
 
 from __future__ import annotations
@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     s = sub.add_parser("bench", help="throughput benchmarks")
     s.add_argument("stage", choices=["normalize", "synthesize", "parse-reports", "segment", "pairing", "train",
-                                      "backbones", "scale"])
-    s.add_argument("--n", type=int, default=None, help="number of images (normalize) or studies (synthesize, scale)")
+                                      "backbones", "scale", "unet"])
+    s.add_argument("--n", type=int, default=None, help="number of images (normalize), studies (synthesize, scale) "
+                   "or CheXmask rows (unet: N, and 10N)")
     s.add_argument("--size", type=int, default=None, help="source image rows")
     s.add_argument("--teacher-model", default=None, help="bench train: the online teacher's architecture "
                    "(default teacher.model; medclip-vit-b-16 shows a GPU-sized teacher, randomly initialised)")

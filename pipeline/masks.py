@@ -3,9 +3,11 @@
 Every source becomes `Annotation`s in the ORIGINAL pixel grid of an image, keyed by the image's id (or its
 file); `train_segmenter` joins them to the ingested images and letterboxes them with the image's transform.
 Formats (see ../shared/REAL-DATA.md):
-- `chexmask`: a CheXmask CSV / .csv.gz of one source dataset (OriginalResolution). `Left Lung` / `Right Lung`
-  are the patient's sides, RLE `start length` pairs with 1-based absolute starts into the row-major
-  (Height, Width) array. Rows below `min_dice` on `Dice RCA (Mean)` are dropped.
+- `chexmask`: a CheXmask CSV / .csv.gz of one source dataset, `OriginalResolution` or `Preprocessed` (1024 x 1024).
+  `Left Lung` / `Right Lung` are the patient's sides, RLE `start length` pairs with 1-based absolute starts into
+  the row-major (Height, Width) array. Rows below `min_dice` on `Dice RCA (Mean)` are dropped. The table is
+  indexed once (byte offset of each row) and a row's RLE is read and decoded only when its image is loaded, so
+  memory does not grow with the number of masks.
 - `masks`: image_path (or image_id), right_lung, left_lung, optional lesion: mask files, non-zero = inside.
 - `lungs`: image_path (or image_id), lung_mask (or lung_mask_path): ONE mask for both lungs (V7 Labs style),
   split at the gap between the lungs; the patient's right lung is on the image's left.
@@ -15,10 +17,15 @@ Tables may carry `patient_id` and `split`: an image outside the ingested set tak
 
 from __future__ import annotations
 
+import csv
+import gzip
 import logging
+import shutil
+import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -30,6 +37,7 @@ log = logging.getLogger("pipeline.masks")
 CHEXMASK_ID = {"MIMIC-CXR-JPG": "dicom_id", "CheXpert": "Path", "ChestX-Ray8": "Image Index",
                "Padchest": "ImageID", "VinDr-CXR": "image_id", "CANDID-PTX": "ImageID"}
 CHEXMASK_QUALITY = "Dice RCA (Mean)"
+CHEXMASK_SIDE = 1024  # the square grid of CheXmask's `Preprocessed` files
 
 
 @dataclass
@@ -44,6 +52,7 @@ class Annotation:
     patient_id: str = ""
     split: str = ""
     source: str = ""
+    preprocessed: bool = False  # lungs / lesion in CheXmask's Preprocessed 1024 x 1024 grid, not the original one
     extra: dict = field(default_factory=dict)
 
 
@@ -78,28 +87,127 @@ def image_key(value: str) -> str:
     return Path(value).stem if "." in Path(value).name else Path(value).name
 
 
-def read_chexmask(path: str | Path, min_dice: float = 0.7, dataset: str = "") -> list[Annotation]:
+def csv_records(f) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, bytes) of each record of a CSV file opened in binary: a record ends at a newline outside
+    quotes (CheXmask's `Landmarks` may be a numpy array printed over several lines inside quotes)."""
+    offset, parts, quotes = f.tell(), [], 0
+    for line in f:
+        parts.append(line)
+        quotes += line.count(b'"')
+        if quotes % 2 == 0:
+            record = b"".join(parts)
+            yield offset, record
+            offset += len(record)
+            parts, quotes = [], 0
+
+
+def parse_record(record: bytes) -> list[str]:
+    return next(csv.reader([record.decode("utf-8").rstrip("\r\n")]))
+
+
+@dataclass(frozen=True)
+class CheXmaskRows:
+    """Random access to the lung RLEs of a CheXmask table: one row read and decoded per call (picklable, so
+    DataLoader workers read rows themselves)."""
+
+    path: str  # a plain CSV (a .csv.gz is unpacked once next to the index, `read_chexmask`)
+    right: int  # column numbers
+    left: int
+
+    def lungs(self, offset: int, nbytes: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        with open(self.path, "rb") as f:
+            f.seek(offset)
+            fields = parse_record(f.read(nbytes))
+        return rle_decode(fields[self.right], height, width), rle_decode(fields[self.left], height, width)
+
+
+def preprocessed_to_original(mask: np.ndarray, original: tuple[int, int]) -> np.ndarray:
+    """A mask in CheXmask's Preprocessed grid -> the image's original (H, W) grid (nearest neighbour).
+
+    The geometry is CheXmask's preparation code (ngaggion/CheXmask-Database DataPreparation/chexpert.py,
+    mimic.py; DataPostprocessing/ReversePreprocessing/back_*.py), not a documented contract: the image is
+    padded with zeros to a square of side max(H, W), centred (top (side - H) // 2, left (side - W) // 2), and
+    resized to 1024 x 1024. ../shared/REAL-DATA.md states only "Preprocessed (1024x1024)" and "1024 space";
+    the centring is read from those scripts and UNVERIFIED on the released files. For MIMIC-CXR-JPG the
+    preparation first cut black borders (pixels <= 1) off each film and recorded them only in a paddings file
+    that is not released with the masks: those masks are off by the border where a film has one, so prefer
+    `OriginalResolution` for MIMIC."""
+    h, w = original
+    side = max(h, w)
+    top, left, k = (side - h) // 2, (side - w) // 2, mask.shape[0] / side
+    box = (left * k, top * k, (left + w) * k, (top + h) * k)
+    im = Image.fromarray(np.asarray(mask, np.uint8) * 255)
+    return np.asarray(im.resize((w, h), Image.Resampling.NEAREST, box=box)) > 127
+
+
+_UNPACKED: tempfile.TemporaryDirectory | None = None
+
+
+def _plain_csv(path: Path, cache_dir: str | Path | None) -> Path:
+    """A .csv.gz cannot be read at a byte offset: unpack it once into `cache_dir` (a temporary folder)."""
+    if not path.name.endswith(".gz"):
+        return path
+    if cache_dir is None:  # a folder of this process, removed when it exits
+        global _UNPACKED
+        _UNPACKED = _UNPACKED or tempfile.TemporaryDirectory(prefix="chexmask-")
+        cache_dir = _UNPACKED.name
+    out = Path(cache_dir) / path.name.removesuffix(".gz")
+    if not out.exists():
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "rb") as src, open(out.with_suffix(".part"), "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        out.with_suffix(".part").rename(out)
+    return out
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("nan")
+
+
+def read_chexmask(path: str | Path, min_dice: float = 0.7, dataset: str = "", preprocessed: bool | None = None,
+                  cache_dir: str | Path | None = None) -> list[Annotation]:
+    """Index a CheXmask table in one streaming pass: per kept row its id and byte offset, never its RLE.
+    `preprocessed` (default: the file lies in a `Preprocessed` folder) decodes into the 1024 x 1024 grid."""
     path = Path(path)
-    table = pd.read_csv(path)
     name = dataset or path.name.split(".")[0]
-    id_col = CHEXMASK_ID.get(name) or next((c for c in CHEXMASK_ID.values() if c in table), None)
-    missing = [c for c in (id_col, "Right Lung", "Left Lung", "Height", "Width") if c is None or c not in table]
-    if missing:
-        raise ValueError(f"{path.name}: not a CheXmask table (lacks {missing}; dataset {name!r})")
-    if CHEXMASK_QUALITY in table:
-        keep = pd.to_numeric(table[CHEXMASK_QUALITY], errors="coerce") >= min_dice
-        log.info("%s: %d of %d masks with %s >= %g", path.name, keep.sum(), len(table), CHEXMASK_QUALITY, min_dice)
-        table = table[keep]
-    out = []
-    for rec in table[[id_col, "Right Lung", "Left Lung", "Height", "Width"]].itertuples(index=False):
-        key, right, left, h, w = rec
-        if pd.isna(h) or pd.isna(w):
-            continue  # no size, no grid to decode into (the Padchest subset)
-
-        def lungs(right=right, left=left, h=int(h), w=int(w)):
-            return rle_decode(right, h, w), rle_decode(left, h, w)
-
-        out.append(Annotation(image_key(key), lungs=lungs, source="chexmask"))
+    if preprocessed is None:
+        preprocessed = "Preprocessed" in path.parts
+    plain = _plain_csv(path, cache_dir)
+    out, total = [], 0
+    with open(plain, "rb") as f:
+        records = csv_records(f)
+        header = [h.strip() for h in parse_record(next(records)[1])]
+        id_col = CHEXMASK_ID.get(name) if CHEXMASK_ID.get(name) in header else \
+            next((c for c in CHEXMASK_ID.values() if c in header), None)
+        missing = [c for c in (id_col, "Right Lung", "Left Lung", "Height", "Width") if c is None or c not in header]
+        if missing:
+            raise ValueError(f"{path.name}: not a CheXmask table (lacks {missing}; dataset {name!r})")
+        col = {c: header.index(c) for c in (id_col, "Right Lung", "Left Lung", "Height", "Width")}
+        quality = header.index(CHEXMASK_QUALITY) if CHEXMASK_QUALITY in header else None
+        rows = CheXmaskRows(str(plain), col["Right Lung"], col["Left Lung"])
+        for offset, record in records:
+            if not record.strip():
+                continue
+            fields = parse_record(record)
+            total += 1
+            if quality is not None and not _number(fields[quality]) >= min_dice:
+                continue
+            if preprocessed:
+                h = w = CHEXMASK_SIDE
+            else:
+                h, w = _number(fields[col["Height"]]), _number(fields[col["Width"]])
+                if np.isnan(h) or np.isnan(w):
+                    continue  # no size, no grid to decode into (the Padchest subset)
+            out.append(Annotation(image_key(fields[col[id_col]]), source="chexmask", preprocessed=preprocessed,
+                                  lungs=partial(rows.lungs, offset, len(record), int(h), int(w))))
+    if quality is not None:
+        log.info("%s: %d of %d masks with %s >= %g", path.name, len(out), total, CHEXMASK_QUALITY, min_dice)
+    if preprocessed and name == "MIMIC-CXR-JPG":
+        log.warning("%s: CheXmask's Preprocessed MIMIC masks are relative to films whose black borders were cut "
+                    "first (not recorded in the table); OriginalResolution is exact", path.name)
     return out
 
 
@@ -109,6 +217,14 @@ def read_mask_file(path: str | Path) -> np.ndarray:
     with Image.open(path) as im:
         arr = np.asarray(im)
     return (arr.max(-1) if arr.ndim == 3 else arr) > (127 if arr.dtype == np.uint8 and arr.max() > 1 else 0)
+
+
+def read_mask_pair(right: str, left: str) -> tuple[np.ndarray, np.ndarray]:
+    return read_mask_file(right), read_mask_file(left)
+
+
+def read_both_lungs(path: str) -> tuple[np.ndarray, np.ndarray]:
+    return split_lungs(read_mask_file(path))
 
 
 def split_lungs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,9 +273,8 @@ def read_masks_table(path: str | Path) -> list[Annotation]:
         right, left = _resolve(path.parent, rec["right_lung"]), _resolve(path.parent, rec["left_lung"])
         lesion = _resolve(path.parent, rec.get("lesion", ""))
         out.append(Annotation(**_row_identity(rec, path.parent), source="masks",
-                              lungs=(lambda r=right, l=left: (read_mask_file(r), read_mask_file(l)))
-                              if right and left else None,
-                              lesion=(lambda p=lesion: read_mask_file(p)) if lesion else None))
+                              lungs=partial(read_mask_pair, right, left) if right and left else None,
+                              lesion=partial(read_mask_file, lesion) if lesion else None))
     return out
 
 
@@ -175,7 +290,7 @@ def read_lungs_table(path: str | Path) -> list[Annotation]:
         mask = _resolve(path.parent, rec[col])
         if mask:
             out.append(Annotation(**_row_identity(rec, path.parent), source="lungs",
-                                  lungs=lambda p=mask: split_lungs(read_mask_file(p))))
+                                  lungs=partial(read_both_lungs, mask)))
     return out
 
 
@@ -219,9 +334,10 @@ def box_mask(boxes: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------------------------- sources
-READERS = {"masks": lambda s: read_masks_table(s["path"]), "lungs": lambda s: read_lungs_table(s["path"]),
-           "boxes": lambda s: read_boxes(s["path"]),
-           "chexmask": lambda s: read_chexmask(s["path"], s.get("min_dice", 0.7), s.get("dataset", ""))}
+READERS = {"masks": lambda s, cache: read_masks_table(s["path"]), "lungs": lambda s, cache: read_lungs_table(s["path"]),
+           "boxes": lambda s, cache: read_boxes(s["path"]),
+           "chexmask": lambda s, cache: read_chexmask(s["path"], s.get("min_dice", 0.7), s.get("dataset", ""),
+                                                      s.get("preprocessed"), cache)}
 
 
 def detect_format(path: str | Path) -> str:
@@ -236,11 +352,12 @@ def detect_format(path: str | Path) -> str:
     return "boxes"
 
 
-def read_sources(sources: list[dict]) -> dict[str, list[Annotation]]:
-    """Every source of `segment.train` -> key -> its annotations (several sources may annotate one image)."""
+def read_sources(sources: list[dict], cache_dir: str | Path | None = None) -> dict[str, list[Annotation]]:
+    """Every source of `segment.train` -> key -> its annotations (several sources may annotate one image).
+    Nothing is decoded here: an annotation reads its masks when called. `cache_dir` receives unpacked .csv.gz."""
     by_key: dict[str, list[Annotation]] = {}
     for src in sources:
-        anns = READERS[src["format"]](src)
+        anns = READERS[src["format"]](src, cache_dir)
         log.info("segment.train %s %s: %d images", src["format"], src["path"], len(anns))
         for a in anns:
             by_key.setdefault(a.key, []).append(a)

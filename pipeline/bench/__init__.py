@@ -1,7 +1,8 @@
 """Benchmarks: figures printed, never asserted in tests. `python -m pipeline bench STAGE` calls `run`.
 
 `stages` (normalize, synthesize, pairing), `parse_reports`, `segment`, `train` (teacher cached vs online),
-`scale` (memory against dataset size), `backbones` (a BiomedCLIP-sized student against medclip-tiny).
+`scale` (memory against dataset size), `unet` (U-Net training memory against the number of CheXmask rows),
+`backbones` (a BiomedCLIP-sized student against medclip-tiny).
 """
 
 from __future__ import annotations
@@ -67,6 +68,21 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
                   f"(workers {m['worker_peak_rss_mb']:.0f} MB), {m['samples_s']:.1f} samples/s")
         print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x (target <= 1.15); streaming / in-memory samples/s at N: "
               f"{res['speed_ratio']:.2f}x (target >= 0.9)")
+        return res
+    if stage == "unet":
+        from .unet import bench_unet
+
+        res = bench_unet(n or 2000, size=size)
+        print(f"unet: the U-Net trained from a CheXmask-format table of N and 10N rows joined to as many normalized "
+              f"images ({res['size']} px, U-Net at {res['input_size']} px), {res['steps']} steps of batch 8 each, "
+              f"2 threads, a fresh process per run")
+        for name in ("N", "10N", "in_memory_N"):
+            m = res[name]
+            print(f"  {name:>11}: {m['rows']} rows ({m['train_images']} train), indexed in {m['prepare_s']:.1f} s: "
+                  f"peak RSS {m['peak_rss_mb']:.0f} MB (largest worker {m['worker_peak_rss_mb']:.0f} MB), "
+                  f"{m['samples_s']:.1f} samples/s")
+        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x, workers {res['worker_rss_ratio']:.3f}x (target <= 1.15); "
+              f"streaming / in-memory samples/s at N: {res['speed_ratio']:.2f}x (target >= 0.9)")
         return res
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)

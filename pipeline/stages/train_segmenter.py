@@ -9,6 +9,11 @@ Training data, in the normalized pixel grid:
   train with joint image + mask augmentation and early stopping on the validate lung Dice.
 Train-split images train, validate-split images give the Dice figures in `metrics.json`. No horizontal
 flips: they would turn a right lung into a left one.
+
+Streaming: an example is an index entry (a shard row or an image file, and its annotations); DataLoader
+workers read its pixels from the normalize shard and decode its masks (a CheXmask row's RLE, a mask file)
+per batch, so memory does not grow with the number of masks. The batch order, the augmentation and the
+losses are those of the in-memory path (`real_examples`, arrays), which `train` still accepts.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import copy
 import json
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +33,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..io import atomic_path, usable_threads, write_text_atomic
-from ..masks import box_mask, read_sources
+from ..masks import Annotation, box_mask, preprocessed_to_original, read_sources
 from ..shards import Shard, decode
 from . import normalize as norm
 from .ingest import hash_fraction, load_studies
@@ -49,28 +55,42 @@ def truth_masks(masks_dir: str | Path, image_id: str, size: int) -> np.ndarray |
     return bits_to_masks(norm.letterbox_mask(np.asarray(Image.open(path)), size))
 
 
-def synthetic_examples(shards: list[str | Path], masks_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """split -> (images (N, S, S) uint8, masks (N, 3, S, S) bool) from normalize shards + synthetic masks."""
-    by_split: dict[str, tuple[list, list]] = {}
+class SyntheticExamples(torch.utils.data.Dataset):
+    """One split of the synthetic ground truth: (shard, row, image id) per image, read per item."""
+
+    has_flags, lesion_labels = False, True
+
+    def __init__(self, rows: list[tuple[Shard, int, str]], masks_dir: str | Path):
+        self.rows, self.masks_dir = rows, masks_dir
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        shard, row, image_id = self.rows[i]
+        image = norm.as_uint8(shard.f["image"][row])
+        return image, truth_masks(self.masks_dir, image_id, image.shape[-1]), np.ones(3, bool), False
+
+
+def synthetic_examples(shards: list[str | Path], masks_dir: str | Path) -> dict[str, SyntheticExamples]:
+    """split -> the images of the normalize shards that have a synthetic mask (read when a batch needs them)."""
+    by_split: dict[str, list] = {}
     for path in shards:
-        with Shard(path) as s:
-            images, splits = s.f["image"][()], decode(s.f["split"][()])
-            for image, split, image_id in zip(images, splits, s.image_ids):
-                truth = truth_masks(masks_dir, image_id, image.shape[-1])
-                if truth is None:
-                    continue
-                imgs, masks = by_split.setdefault(split, ([], []))
-                imgs.append(image)
-                masks.append(truth)
-    return {k: (np.stack(v[0]), np.stack(v[1])) for k, v in by_split.items()}
+        shard = Shard(path)
+        for row, (split, image_id) in enumerate(zip(decode(shard.f["split"][()]), shard.image_ids)):
+            if (Path(masks_dir) / f"{image_id}.png").exists():
+                by_split.setdefault(split, []).append((shard, row, image_id))
+        shard.close()  # each DataLoader worker opens its own handle
+    return {k: SyntheticExamples(v, masks_dir) for k, v in by_split.items()}
 
 
 @dataclass
 class Ingested:
     """The ingested, normalized images that mask sources join to."""
 
-    rows: dict[str, tuple[np.ndarray, str, str, np.ndarray, tuple[int, int]]]  # id -> image, split, patient,
-    by_path: dict[str, str]  # resolved image_path -> image_id           # transform, original (H, W)
+    # id -> image (pixels, or (Shard, row) read when needed), split, patient, transform, original (H, W)
+    rows: dict[str, tuple[np.ndarray | tuple[Shard, int], str, str, np.ndarray, tuple[int, int]]]
+    by_path: dict[str, str]  # resolved image_path -> image_id
     by_stem: dict[str, str]  # file stem -> image_id (unique stems only)
     patient_split: dict[str, str]
 
@@ -78,12 +98,13 @@ class Ingested:
 def ingested_images(shards: list[str | Path], studies: str | Path | None) -> Ingested:
     rows = {}
     for path in shards:
-        with Shard(path) as s:
-            f = s.f
-            for i, (image_id, split, patient) in enumerate(zip(s.image_ids, decode(f["split"][()]),
-                                                               decode(f["patient_id"][()]))):
-                rows[image_id] = (norm.as_uint8(f["image"][i]), split, patient, f["transform"][i],
-                                  tuple(int(v) for v in f["original_size"][i]))
+        shard = Shard(path)
+        f = shard.f
+        transforms, sizes = f["transform"][()], f["original_size"][()]
+        for i, (image_id, split, patient) in enumerate(zip(shard.image_ids, decode(f["split"][()]),
+                                                           decode(f["patient_id"][()]))):
+            rows[image_id] = ((shard, i), split, patient, transforms[i], tuple(int(v) for v in sizes[i]))
+        shard.close()
     by_path, stems = {}, {}
     if studies and Path(studies).exists():
         t = load_studies(studies)
@@ -95,73 +116,132 @@ def ingested_images(shards: list[str | Path], studies: str | Path | None) -> Ing
     return Ingested(rows, by_path, by_stem, patient_split)
 
 
-def _place(mask: np.ndarray, original: tuple[int, int], size: int) -> np.ndarray | None:
-    """A mask in an image's original grid -> the normalized grid; None when its grid is not the image's
-    (a mask of another resolution is accepted when its aspect ratio matches to 1 %)."""
+def _place(mask: np.ndarray, original: tuple[int, int], size: int, preprocessed: bool = False) -> np.ndarray | None:
+    """A mask in an image's original grid (or CheXmask's Preprocessed one) -> the normalized grid; None when its
+    grid is not the image's (a mask of another resolution is accepted when its aspect ratio matches to 1 %)."""
+    if preprocessed:
+        mask = preprocessed_to_original(mask, original)
     h, w = mask.shape
     if (h, w) != tuple(original) and abs(h / w - original[0] / original[1]) > 0.01 * original[0] / original[1]:
         return None
     return norm.letterbox_mask(mask.astype(np.uint8), size) > 0
 
 
-def real_examples(sources: list[dict], ingested: Ingested, norm_cfg: dict, fractions: dict) -> dict:
-    """split -> (images (N, S, S) uint8, masks (N, 3, S, S) bool, known (N, 3) bool, boxed (N,) bool).
+@dataclass
+class Example:
+    """One image of a `segment.train` split, as an index entry: nothing decoded until it is loaded."""
 
-    `known[i, c]`: image i has supervision for class c (a lung-only source says nothing about lesions);
-    `boxed[i]`: its lesion channel holds boxes, not a mask. An image takes the split of its ingested copy, else
-    its patient's ingest split, else the table's `split`, else one by patient hash (`fractions`). Test-split
-    images are returned under "test" and never train."""
+    key: str
+    image_id: str | None  # the ingested image, else
+    image_path: str  # a file normalized when loaded
+    anns: list[Annotation]
+
+
+class MaskExamples(torch.utils.data.Dataset):
+    """One split of `segment.train` examples; item i -> (image (S, S) uint8, masks (3, S, S) bool, known (3,),
+    boxed), read from the normalize shard (or the image file) and the mask sources when asked for. An image
+    whose file or masks turn out unusable yields known all False: it weighs nothing in the loss."""
+
+    has_flags = True
+
+    def __init__(self, examples: list[Example], ingested: Ingested, norm_cfg: dict):
+        self.examples, self.ingested, self.norm_cfg = examples, ingested, norm_cfg
+        # does any image of the split label lesions (masks or boxes)? (known before anything is decoded)
+        self.lesion_labels = any(a.lesion is not None or a.boxes is not None for e in examples for a in e.anns)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int):
+        return load_example(self.examples[i], self.ingested, self.norm_cfg)[:4]
+
+
+def load_example(ex: Example, ingested: Ingested, norm_cfg: dict) -> tuple:
+    """(image, masks, known, boxed, skipped): `skipped` names what was unusable (for the log)."""
     size = norm_cfg["size"]
-    by_key = read_sources(sources)
-    out: dict[str, tuple[list, list, list, list]] = {}
-    skipped: dict[str, int] = {}
+    masks, known, boxed, skipped = np.zeros((3, size, size), bool), np.zeros(3, bool), False, []
+    if ex.image_id is not None:
+        image, _, _, transform, original = ingested.rows[ex.image_id]
+        if not isinstance(image, np.ndarray):
+            shard, row = image
+            image = norm.as_uint8(shard.f["image"][row])
+    else:
+        try:
+            image, transform, rad = norm.normalize_file(ex.image_path, {**norm_cfg, "bit_depth": 8})
+        except norm.Rejected as e:
+            log.warning("mask image %s not usable: %s", ex.image_path, e)
+            return np.zeros((size, size), np.uint8), masks, known, boxed, ["unusable image"]
+        original = rad.pixels.shape
+    for a in ex.anns:
+        layers = []
+        if a.lungs is not None:
+            layers += [(c, m) for c, m in zip((0, 1), a.lungs())]
+        if a.lesion is not None:
+            layers.append((2, a.lesion()))
+        for c, m in layers:
+            placed = _place(m, original, size, a.preprocessed)
+            if placed is None:
+                skipped.append("mask size differs from image")
+                continue
+            masks[c] |= placed
+            known[c] = True
+        if a.boxes is not None and not (known[2] and not boxed):  # a lesion mask beats boxes
+            if len(a.boxes):
+                masks[2] |= box_mask(norm.to_normalized(a.boxes, transform), (size, size))
+                boxed = True
+            known[2] = True
+    return image, masks, known, boxed, skipped
+
+
+def real_datasets(sources: list[dict], ingested: Ingested, norm_cfg: dict, fractions: dict,
+                  cache_dir: str | Path | None = None) -> dict[str, MaskExamples]:
+    """split -> the `segment.train` examples of that split, indexed (ids, offsets, paths), not decoded.
+
+    An image takes the split of its ingested copy, else its patient's ingest split, else the table's `split`,
+    else one by patient hash (`fractions`). Test-split images come back under "test" and never train.
+    `cache_dir` receives gzipped CheXmask tables unpacked for random access."""
+    by_key = read_sources(sources, cache_dir)
+    out: dict[str, list[Example]] = {}
+    not_ingested = 0
     for key, anns in sorted(by_key.items()):
         paths = [a.image_path for a in anns if a.image_path]
         image_id = key if key in ingested.rows else next(
             (ingested.by_path[p] for p in paths if p in ingested.by_path), ingested.by_stem.get(key))
         if image_id is not None:
-            image, split, _, transform, original = ingested.rows[image_id]
+            split = ingested.rows[image_id][1]
         elif paths:
-            try:
-                image, transform, rad = norm.normalize_file(paths[0], {**norm_cfg, "bit_depth": 8})
-            except norm.Rejected as e:
-                log.warning("mask image %s not usable: %s", paths[0], e)
-                skipped["unusable image"] = skipped.get("unusable image", 0) + 1
-                continue
-            original = rad.pixels.shape
             patient = next((a.patient_id for a in anns if a.patient_id), "") or key
             split = ingested.patient_split.get(patient) or next((a.split for a in anns if a.split), "") or \
                 _hash_split(patient, fractions)
         else:
-            skipped["image not ingested"] = skipped.get("image not ingested", 0) + 1
+            not_ingested += 1
             continue
-        masks, known, boxed = np.zeros((3, size, size), bool), np.zeros(3, bool), False
-        for a in anns:
-            layers = []
-            if a.lungs is not None:
-                layers += [(c, m) for c, m in zip((0, 1), a.lungs())]
-            if a.lesion is not None:
-                layers.append((2, a.lesion()))
-            for c, m in layers:
-                placed = _place(m, original, size)
-                if placed is None:
-                    skipped["mask size differs from image"] = skipped.get("mask size differs from image", 0) + 1
-                    continue
-                masks[c] |= placed
-                known[c] = True
-            if a.boxes is not None and not (known[2] and not boxed):  # a lesion mask beats boxes
-                if len(a.boxes):
-                    masks[2] |= box_mask(norm.to_normalized(a.boxes, transform), (size, size))
-                    boxed = True
-                known[2] = True
-        if not known.any():
-            continue
-        lists = out.setdefault(split, ([], [], [], []))
-        for lst, v in zip(lists, (image, masks, known, boxed)):
-            lst.append(v)
+        out.setdefault(split, []).append(Example(key, image_id, "" if image_id is not None else paths[0], anns))
+    if not_ingested:
+        log.info("mask annotations skipped: %d images not ingested", not_ingested)
+    return {k: MaskExamples(v, ingested, norm_cfg) for k, v in out.items()}
+
+
+def real_examples(sources: list[dict], ingested: Ingested, norm_cfg: dict, fractions: dict,
+                  cache_dir: str | Path | None = None) -> dict:
+    """split -> (images (N, S, S) uint8, masks (N, 3, S, S) bool, known (N, 3) bool, boxed (N,) bool), every
+    example of `real_datasets` decoded into memory (images with no usable mask left out). For small tables
+    and scoring (`bench segment --table`); training streams."""
+    out, skipped = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for split, data in real_datasets(sources, ingested, norm_cfg, fractions, cache_dir or tmp).items():
+            items = []
+            for ex in data.examples:
+                *item, why = load_example(ex, ingested, norm_cfg)
+                for w in why:
+                    skipped[w] = skipped.get(w, 0) + 1
+                if item[2].any():
+                    items.append(item)
+            if items:
+                out[split] = tuple(np.stack([it[j] for it in items]) for j in range(4))
     if skipped:
         log.info("mask annotations skipped: %s", skipped)
-    return {k: tuple(np.stack(v) for v in vals) for k, vals in out.items()}
+    return out
 
 
 def _hash_split(patient: str, fractions: dict) -> str:
@@ -189,17 +269,68 @@ def dice_figures(pred: np.ndarray, truth: np.ndarray, min_lesion_area: int) -> d
     return out
 
 
-def evaluate(model: torch.nn.Module, images: np.ndarray, masks: np.ndarray, cfg: dict,
-             known: np.ndarray | None = None, boxed: np.ndarray | None = None) -> dict[str, float]:
-    """Dice on a split; with `known`, lungs over images that have lung masks, lesions over lesion masks."""
-    pred = predict(model.eval(), images, cfg["input_size"], cfg["threshold"])
-    if known is None:
-        return dice_figures(pred, masks, cfg["min_lesion_area"])
-    lungs = known[:, 0] & known[:, 1]
-    out = dice_figures(pred[lungs], masks[lungs], cfg["min_lesion_area"])
-    lesion = known[:, 2] & ~boxed
-    out["dice_lesion"] = dice_figures(pred[lesion], masks[lesion], cfg["min_lesion_area"])["dice_lesion"] \
-        if lesion.any() else float("nan")
+class ArrayExamples(torch.utils.data.Dataset):
+    """A split held in memory: (images, masks) or (images, masks, known, boxed) arrays."""
+
+    def __init__(self, arrays: tuple):
+        images, masks, *flags = arrays
+        self.images, self.masks = images, masks
+        self.has_flags = bool(flags)
+        self.known, self.boxed = flags if flags else (np.ones((len(images), 3), bool), np.zeros(len(images), bool))
+        self.lesion_labels = bool(self.known[:, 2].any())
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.masks[i], self.known[i], self.boxed[i]
+
+
+def as_dataset(data) -> torch.utils.data.Dataset:
+    return data if isinstance(data, torch.utils.data.Dataset) else ArrayExamples(data)
+
+
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # a worker decodes; the training process computes
+
+
+def _loader(data, batch_size: int, workers: int, batch_sampler=None) -> torch.utils.data.DataLoader:
+    # an own generator: creating an iterator must not draw from the global torch RNG the training uses
+    kw = dict(batch_sampler=batch_sampler) if batch_sampler is not None else dict(batch_size=batch_size)
+    return torch.utils.data.DataLoader(data, num_workers=workers, persistent_workers=workers > 0,
+                                       worker_init_fn=_one_thread if workers else None,
+                                       generator=torch.Generator().manual_seed(0), **kw)
+
+
+def evaluate(model: torch.nn.Module, data, cfg: dict, workers: int = 0,
+             loader: torch.utils.data.DataLoader | None = None) -> dict[str, float]:
+    """Dice on a split (a dataset or arrays), one batch in memory at a time. Lungs: pixels pooled over the
+    images with both lung masks; lesion: over the images whose lesion is a mask (not boxes) of at least
+    `min_lesion_area` pixels. Arrays without known / boxed flags count every image for every class."""
+    data = as_dataset(data)
+    model.eval()
+    inter, total = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    images = with_lesion = scored_lesion = 0
+    with torch.no_grad():
+        for image, truth, known, boxed in loader or _loader(data, 16, workers):
+            size = image.shape[-1]
+            logits = F.interpolate(model(to_input(image.numpy(), cfg["input_size"])), size=(size, size),
+                                   mode="bilinear", align_corners=False)
+            pred, truth = (torch.sigmoid(logits) > cfg["threshold"]).numpy(), truth.numpy()
+            known, boxed = known.numpy(), boxed.numpy()
+            lungs = known[:, 0] & known[:, 1]
+            big = truth[:, 2].reshape(len(truth), -1).sum(1) >= cfg["min_lesion_area"]
+            lesion = big & known[:, 2] & ~boxed
+            for c, rows in ((0, lungs), (1, lungs), (2, lesion)):
+                inter[c] += np.logical_and(pred[rows, c], truth[rows, c]).sum()
+                total[c] += pred[rows, c].sum() + truth[rows, c].sum()
+            images += int(lungs.sum())
+            with_lesion += int((big & lungs).sum())
+            scored_lesion += int(lesion.sum())
+    out = {f"dice_{c}": float(2 * inter[i] / total[i]) if total[i] else float("nan")
+           for i, c in enumerate(CLASSES[:2])}
+    out["dice_lesion"] = float(2 * inter[2] / total[2]) if scored_lesion and total[2] else float("nan")
+    out["images"], out["images_with_lesion"] = images, with_lesion
     return out
 
 
@@ -303,28 +434,77 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
     log.info("encoder weights from %s: %d of %d tensors", path, len(loaded), len(own))
 
 
-def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module, dict]:
+class TrainInputs(torch.utils.data.Dataset):
+    """Items at the U-Net's input size, made in the worker that reads them: (x (1, s, s), y (3, s, s) float,
+    known (3,), boxed). Masks are area-downsampled and thresholded: smoother targets than nearest neighbour."""
+
+    def __init__(self, data: torch.utils.data.Dataset, input_size: int):
+        self.data, self.input_size = data, input_size
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        image, masks, known, boxed = self.data[i]
+        x = to_input(image[None], self.input_size)
+        y = (F.interpolate(torch.from_numpy(masks[None]).float(), size=x.shape[-2:], mode="area") > 0.5).float()
+        return x[0], y[0], torch.from_numpy(np.asarray(known, bool)), torch.tensor(bool(boxed))
+
+
+class InMemoryInputs(torch.utils.data.Dataset):
+    """The in-memory path: every example converted to input size at once, before training."""
+
+    def __init__(self, data: ArrayExamples, input_size: int):
+        self.x = to_input(data.images, input_size)  # (N, 1, s, s)
+        self.y = (F.interpolate(torch.from_numpy(data.masks).float(), size=self.x.shape[-2:], mode="area") > 0.5).float()
+        self.known, self.boxed = torch.from_numpy(data.known), torch.from_numpy(data.boxed)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i], self.known[i], self.boxed[i]
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """One epoch of batches per pass, in a fresh permutation drawn from `rng` (drawn in the training process,
+    so the order does not depend on the number of workers)."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+
+    def __len__(self) -> int:
+        return max(1, int(np.ceil(self.n / self.batch_size)))
+
+    def __iter__(self):
+        order = self.rng.permutation(self.n)
+        for i in range(0, self.n, self.batch_size):
+            yield order[i : i + self.batch_size].tolist()
+
+
+def train(examples: dict, cfg: dict, threads: int = 1, max_steps: int | None = None) -> tuple[torch.nn.Module, dict]:
     """Train on examples["train"]; examples["validate"] gives the Dice figures and, with `patience` > 0, early
-    stopping (the best epoch's weights are kept). An example set is (images, masks) or, from real sources,
-    (images, masks, known, boxed) (see `real_examples`)."""
+    stopping (the best epoch's weights are kept). A split is a dataset read per batch (`real_datasets`,
+    `synthetic_examples`; `segment.num_workers` DataLoader workers read it) or arrays held in memory:
+    (images, masks) or (images, masks, known, boxed) (`real_examples`). `max_steps` stops early (benches)."""
     torch.manual_seed(cfg["seed"])
     torch.set_num_threads(usable_threads(threads))
     rng = np.random.default_rng(cfg["seed"])
-    images, masks, *flags = examples["train"]
-    x = to_input(images, cfg["input_size"])  # (N, 1, s, s)
-    # area-downsampled masks, thresholded: smoother targets than nearest neighbour
-    y = (F.interpolate(torch.from_numpy(masks).float(), size=x.shape[-2:], mode="area") > 0.5).float()
-    known, boxed = (torch.from_numpy(flags[0]).clone(), torch.from_numpy(flags[1])) if flags else (None, None)
-    if known is not None and not known[:, 2].any():
+    data = as_dataset(examples["train"])
+    streaming = not isinstance(data, ArrayExamples)
+    workers = cfg.get("num_workers", 2) if streaming else 0
+    inputs = TrainInputs(data, cfg["input_size"]) if streaming else InMemoryInputs(data, cfg["input_size"])
+    flags = data.has_flags
+    if flags and not data.lesion_labels:
         # no source labels lesions: an untrained lesion channel would fire at random and make lesion ROIs
         # from noise, so it learns to stay empty (segment.train with a boxes or lesion-mask source trains it)
         log.info("no training image has lesion labels: the lesion channel is trained to stay empty")
-        known[:, 2] = True
     model = build_unet(cfg)
     if cfg.get("encoder_weights"):
         load_encoder_weights(model, cfg["encoder_weights"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-    steps_per_epoch = max(1, int(np.ceil(len(x) / cfg["batch_size"])))
+    batches = EpochBatches(len(data), cfg["batch_size"], rng)
+    steps_per_epoch = len(batches)
     # a small mask table (a few dozen films) needs more passes than a large one: train at least min_steps
     epochs = max(cfg["epochs"], int(np.ceil(cfg.get("min_steps", 0) / steps_per_epoch)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=epochs * steps_per_epoch)
@@ -332,31 +512,42 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
     pos_weight = torch.tensor([1.0, 1.0, cfg["lesion_pos_weight"]]).view(1, 3, 1, 1)
     g = torch.Generator().manual_seed(cfg["seed"])
     validate = examples.get("validate")
+    validate = as_dataset(validate) if validate is not None else None
     patience = cfg.get("patience", 0) if validate is not None else 0
+    loader = _loader(inputs, cfg["batch_size"], workers, batches)
+    val_loader = _loader(validate, 16, workers) if validate is not None else None
     best = (-1.0, 0, None)  # validate lung Dice, epoch, weights
     t0, history, scores = time.perf_counter(), [], []
+    steps, first_step_end, samples = 0, None, 0
     for epoch in range(epochs):
         model.train()
-        order = rng.permutation(len(x))
-        total = 0.0
-        for i in range(0, len(x), cfg["batch_size"]):
-            idx = torch.from_numpy(order[i : i + cfg["batch_size"]])
-            xb, yb = x[idx], y[idx]
+        total = seen = 0.0
+        for xb, yb, kb, bb in loader:
+            if flags and not data.lesion_labels:
+                kb[:, 2] = True
             if cfg.get("augment"):
-                xb, yb = augment(xb, yb, g, None if boxed is None else ~boxed[idx])
+                xb, yb = augment(xb, yb, g, ~bb if flags else None)
             else:  # brightness / contrast jitter; geometry stays, so sides stay
                 xb = (xb * (1 + 0.2 * (torch.rand(len(xb), 1, 1, 1) - 0.5)) + 0.1 * (torch.rand(len(xb), 1, 1, 1) - 0.5))
             logits = model(xb.clamp(0, 1))
-            loss = loss_fn(logits, yb, pos_weight, *((known[idx], boxed[idx]) if known is not None else ()))
+            loss = loss_fn(logits, yb, pos_weight, *((kb, bb) if flags else ()))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-        history.append(total / len(x))
+            total += loss.item() * len(xb)
+            seen += len(xb)
+            steps += 1
+            if first_step_end is None:  # worker start-up and the first batch are not timed
+                first_step_end = time.perf_counter()
+            else:
+                samples += len(xb)
+            if max_steps and steps >= max_steps:
+                break
+        history.append(total / seen)
         line = f"epoch {epoch + 1}/{epochs} loss {history[-1]:.4f}"
         if patience:
-            v = evaluate(model, *validate[:2], cfg, *validate[2:])
+            v = evaluate(model, validate, cfg, loader=val_loader)
             scores.append((v["dice_right_lung"] + v["dice_left_lung"]) / 2)
             line += f", validate lung Dice {scores[-1]:.4f}"
             if scores[-1] > best[0]:
@@ -365,13 +556,17 @@ def train(examples: dict, cfg: dict, threads: int = 1) -> tuple[torch.nn.Module,
         if patience and epoch - best[1] >= patience:
             log.info("early stop: validate lung Dice best %.4f at epoch %d", best[0], best[1] + 1)
             break
+        if max_steps and steps >= max_steps:
+            break
     if best[2] is not None:
         model.load_state_dict(best[2])
-    metrics = {"train_seconds": time.perf_counter() - t0, "loss": history, "train_images": int(len(x)), "epochs": epochs}
+    elapsed = time.perf_counter() - (first_step_end or t0)
+    metrics = {"train_seconds": time.perf_counter() - t0, "loss": history, "train_images": int(len(data)),
+               "epochs": epochs, "steps": steps, "samples_s": samples / elapsed if samples else float("nan")}
     if scores:
         metrics.update(validate_lung_dice=scores, best_epoch=best[1] + 1)
     if validate is not None:
-        metrics["validate"] = evaluate(model, *validate[:2], cfg, *validate[2:])
+        metrics["validate"] = evaluate(model, validate, cfg, loader=val_loader)
     return model.eval(), metrics
 
 
@@ -386,20 +581,23 @@ def run(shards: list[str], masks_dir: str, out: str | Path, metrics_out: str | P
         norm_cfg: dict, threads: int = 1, studies: str | Path | None = None, fractions: dict | None = None) -> dict:
     """Train on `segment.train` sources joined to the ingested images, else on the synthetic ground truth
     (with the same augmentation, without early stopping: its validate split is a few dozen images)."""
-    if cfg["train"]:
-        examples = real_examples(cfg["train"], ingested_images(shards, studies), norm_cfg,
-                                 fractions or {"train": 0.9, "validate": 0.1, "test": 0.0})
-        held = examples.pop("test", None)
-        if held is not None:
-            log.info("%d mask images of test-split patients left out of training", len(held[0]))
-    else:
-        examples = synthetic_examples(shards, masks_dir)
-        cfg = {**cfg, "patience": 0}
-    if "train" not in examples:
-        raise ValueError("no training images with ground-truth masks found")
-    log.info("training on %d images, validating on %d", len(examples["train"][0]),
-             len(examples.get("validate", ([],))[0]))
-    model, metrics = train(examples, cfg, threads)
+    # a gzipped CheXmask table is unpacked here for random access, and removed after training
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(out).parent, prefix=".unpacked-") as cache:
+        if cfg["train"]:
+            examples = real_datasets(cfg["train"], ingested_images(shards, studies), norm_cfg,
+                                     fractions or {"train": 0.9, "validate": 0.1, "test": 0.0}, cache)
+            held = examples.pop("test", None)
+            if held is not None:
+                log.info("%d mask images of test-split patients left out of training", len(held))
+        else:
+            examples = synthetic_examples(shards, masks_dir)
+            cfg = {**cfg, "patience": 0}
+        if "train" not in examples:
+            raise ValueError("no training images with ground-truth masks found")
+        log.info("training on %d images, validating on %d", len(examples["train"]),
+                 len(examples["validate"]) if "validate" in examples else 0)
+        model, metrics = train(examples, cfg, threads)
     save(model, metrics, cfg, out, metrics_out)
     log.info("validation: %s", metrics.get("validate"))
     return metrics
