@@ -425,18 +425,24 @@ def mask_figures(heat: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 def draw(pictures: list, name: str, run: str, out_dir: str | Path) -> list[Path]:
     """One picture per sampled case: the radiograph with the ground truth outlined, the dense map and (given
-    ROIs) the ROI-level map, each titled with its pointing hit and CNR."""
+    ROIs) the ROI-level map, each titled with its pointing hit and CNR, with a colour bar saying what its colour
+    is (show.colour_bar, as `ground` draws them)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .show import DENSE_LABEL, ROI_LABEL, colour_bar
+
+    MAP_LABELS = {"dense": DENSE_LABEL, "roi": ROI_LABEL}
 
     written = []
     for k, p in enumerate(pictures):
         fig, axes = plt.subplots(1, len(p["maps"]), figsize=(3.4 * len(p["maps"]), 3.7), squeeze=False)
         for ax, (m, heat) in zip(axes[0], p["maps"].items()):
             ax.imshow(p["image"], cmap="gray", vmin=0, vmax=255)
-            ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.35)
+            colour_bar(fig, ax.imshow(np.ma.masked_invalid(heat), cmap="jet", alpha=0.35), ax,
+                       MAP_LABELS.get(m, f"{m} map value"))
             ax.contour(p["truth"], levels=[0.5], colors="lime", linewidths=1.0)
             f = p["figures"][m]
             ax.set_title(f"{run} {m}: pointing {'hit' if f['pointing_game'] == 1 else 'miss'}, CNR {f['cnr']:.2f}",

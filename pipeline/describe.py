@@ -7,7 +7,13 @@ region's embedding is then read against the concept pool of L_distill (concepts.
 probability it is present rather than absent, and where the region is (side and zone: the pool's softmax mass on
 each). `--text "..."` scores a phrase against the region: its similarity, and for a negated phrase whether the
 model thinks it grounds to nothing: the call of grounding.decide, the rule `ground` uses, with its margin from the
-threshold. First the checkpoint's provenance (predict.provenance).
+threshold. For a box or a mask the call is at that region. For a point it is at the regions `ground` decides
+among: the image's ROIs (the same normalize, U-Net and crop, segment.weights or results/segmenter/unet.pt) that
+hold the point, at the one most in favour (predict.roi_call); so a point inside the ROI `ground` decided at gets
+`ground`'s call and margin exactly. (A point's own patch is a far smaller region than any ROI the model was trained
+on; deciding there is why the two commands used to disagree near p 0.5.) Without a segmenter, or for a point no
+ROI holds, the call falls back to the patch, and says so. First the checkpoint's provenance
+(predict.provenance).
 """
 
 from __future__ import annotations
@@ -94,20 +100,38 @@ def concepts(emb, r: Region) -> tuple[dict[str, float], dict[str, float], dict[s
     return findings, side, zone
 
 
-def score_text(emb, r: Region, text: str) -> str:
-    """One line about a phrase: its similarity with the region and the presence call (grounding.decide, the rule
-    `ground` uses) with its margin from the threshold."""
+def score_text(emb, r: Region, text: str, at=None, transform: np.ndarray | None = None) -> str:
+    """One line about a phrase: its similarity with the region and the presence call (grounding.phrase_call, the
+    rule `ground` uses) with its margin from the threshold. `at`, a predict.RoiCall, is the call made at the ROIs
+    holding a point (the regions `ground` decides among); else the call is at the region itself."""
     sim = float(emb.texts([text])[0] @ r.embedding)
     if grounding.is_normal_statement(text):
         return f'text "{text}": similarity {sim:.3f}; a normal statement names nothing to point at'
-    affirmed, negated = grounding.contrast(text)
-    pos, neg = emb.texts([affirmed, negated])
-    call = grounding.decide(r.embedding, pos, neg, emb.scale, affirmed, negated)
+    if at is not None:
+        return (f'text "{text}": similarity {sim:.3f}; call at {at.where(transform)}, the ROI holding the point '
+                f"most in favour: {at.call.line()}")
+    call = grounding.phrase_call(emb.texts, r.embedding, emb.scale, text)
     return f'text "{text}": similarity {sim:.3f}; {call.line()}'
 
 
+def point_call(emb, image: str, cfg: dict, point: list[float], text: str, segmenter: str | None):
+    """(the call for `text` at the ROIs holding `point` (original pixels), the prepared image) as `ground` makes
+    it (predict.roi_call: the same normalize, U-Net and ROIs, the same rule), or (None, why not) when no segmenter
+    is at hand or no ROI holds the point."""
+    from .predict import prepare, roi_call, segmenter_path
+    from .stages.normalize import to_normalized
+
+    seg = Path(segmenter) if segmenter else segmenter_path(cfg)
+    if not seg.is_file():
+        return None, f"no segmenter at {seg}, so not at the ROIs `ground` decides among"
+    rad = prepare(image, cfg, seg)
+    x, y = to_normalized(np.array([[point[0], point[1], point[0], point[1]]], float), rad.transform)[0, :2]
+    at = roi_call(emb, rad, text, (float(x), float(y)))
+    return (at, rad) if at is not None else (None, "no ROI of the image holds the point")
+
+
 def main(image: str, checkpoint: str, box: str | None, point: str | None, mask: str | None, text: str | None,
-         config: str | None, model: str | None) -> int:
+         config: str | None, model: str | None, segmenter: str | None = None) -> int:
     import torch
     from PIL import Image
 
@@ -147,6 +171,13 @@ def main(image: str, checkpoint: str, box: str | None, point: str | None, mask: 
         print(f"{REGIONAL[o]:22s} {p:.3f}    {1 - p:.3f}")
     print("side: " + "  ".join(f"{k} {v:.3f}" for k, v in side.items()))
     print("zone: " + "  ".join(f"{k} {v:.3f}" for k, v in zone.items()))
-    if text:
+    if text and point and not grounding.is_normal_statement(text):
+        at, rad = point_call(emb, image, cfg, parse_pair(point, 2, "--point"), text, segmenter)
+        if at is None:
+            print(f"note: the call is at the point's own patch ({rad})")
+            print(score_text(emb, r, text))
+        else:
+            print(score_text(emb, r, text, at, rad.transform))
+    elif text:
         print(score_text(emb, r, text))
     return 0

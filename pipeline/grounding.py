@@ -193,6 +193,15 @@ def decide(regions: np.ndarray, positive: np.ndarray, negative: np.ndarray, scal
     return Call(affirmed, negated, p, float(logits[best]), best)
 
 
+def phrase_call(texts, regions: np.ndarray, scale: float, phrase: str) -> Call:
+    """`decide` for a phrase: its (affirmed, negated) statements (`contrast`) embedded together by `texts` (a
+    list of strings -> (n, D) normalised embeddings, as Embedder.texts) and the call at the region of `regions`
+    (D,) or (R, D) most in favour. The one code path of `ground` and `describe --text`."""
+    affirmed, negated = contrast(phrase)
+    pos, neg = texts([affirmed, negated])
+    return decide(regions, pos, neg, scale, affirmed, negated)
+
+
 # ------------------------------------------------------------------------------------------ metrics
 def box_mask(boxes, shape: tuple[int, int]) -> np.ndarray:
     """The union of boxes (x0, y0, x1, y1 in pixels, edges) as a boolean (H, W) mask."""

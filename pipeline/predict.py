@@ -10,7 +10,8 @@ boxes (`crop.padded_rois`), and the model's ROI embeddings (`models.embed_images
     ground     the phrase's heat map over the image's ROIs (evaluate.heat_map) beside the dense patch-level map
                (grounding.similarity_map) drawn on the radiograph, each with a colour bar; first the presence
                call (grounding.decide, the rule `describe --text` uses) at the ROI most in favour of the affirmed
-               finding, with its margin from the threshold; a negated or normal phrase the model finds nowhere
+               finding (`roi_call`, which `describe --point` shares), with its margin from the threshold and
+               that ROI's box in the file's pixels; a negated or normal phrase the model finds nowhere
                ("no left pleural effusion" where no region prefers "left pleural effusion") prints "not present"
                and draws nothing.
 
@@ -115,17 +116,48 @@ def dense_map(emb: Embedder, rad: PreparedImage, phrase: str) -> np.ndarray:
     return grounding.similarity_map(patches, emb.texts([phrase])[0], rad.image.shape)
 
 
-def decide(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[grounding.Call, str] | None:
-    """The presence call for `phrase` (grounding.decide: the rule describe uses) at the ROI most in favour of its
-    affirmed form, with that ROI's label; None for a normal statement, which names nothing to point at."""
+@dataclass
+class RoiCall:
+    """A presence call made at one of the image's ROIs (`roi_call`)."""
+
+    call: grounding.Call
+    label: str  # the ROI it was made at: "left lower zone"
+    box: np.ndarray  # (4,) that ROI in the normalized image's pixels
+
+    def where(self, transform: np.ndarray) -> str:
+        """The ROI in words and in the original file's pixels, as `ground` and `describe --point` print it."""
+        box = to_original(self.box[None], transform)[0]
+        return f"{self.label} (box {','.join(f'{v:.0f}' for v in box)} in the file's pixels)"
+
+
+def roi_call(emb: Embedder, rad: PreparedImage, phrase: str, point: tuple[float, float] | None = None
+             ) -> RoiCall | None:
+    """The presence call for `phrase` (grounding.decide) at the ROI most in favour of its affirmed form: among the
+    image's ROIs (the whole-image box left out, as `ground` leaves it out, unless it is the only one), or, given a
+    `point` (x, y in the normalized image's pixels), among those holding the point. The one region rule of
+    `ground` and `describe --point`: a point inside the ROI `ground` decided at gets `ground`'s call exactly (that
+    ROI is the most in favour of all, so of those holding the point). None for a normal statement, which names
+    nothing to point at, and for a point no ROI holds."""
     if grounding.is_normal_statement(phrase):
         return None
     keep = np.array([lab != "image" for lab in rad.labels]) if len(rad.labels) > 1 else np.ones(1, bool)
-    _, rois = emb.images_and_rois(rad.image[None], np.zeros(int(keep.sum()), np.int64), rad.boxes[keep])
-    affirmed, negated = grounding.contrast(phrase)
-    pos, neg = emb.texts([affirmed, negated])
-    call = grounding.decide(rois, pos, neg, emb.scale, affirmed, negated)
-    return call, [lab for lab, k in zip(rad.labels, keep) if k][call.index]
+    if point is not None:
+        x, y = point
+        b = rad.boxes
+        keep &= (b[:, 0] <= x) & (x < b[:, 2]) & (b[:, 1] <= y) & (y < b[:, 3])
+    if not keep.any():
+        return None
+    index = np.flatnonzero(keep)
+    _, rois = emb.images_and_rois(rad.image[None], np.zeros(len(index), np.int64), rad.boxes[index])
+    call = grounding.phrase_call(emb.texts, rois, emb.scale, phrase)
+    k = index[call.index]
+    return RoiCall(call, rad.labels[k], rad.boxes[k].copy())
+
+
+def decide(emb: Embedder, rad: PreparedImage, phrase: str) -> tuple[grounding.Call, str] | None:
+    """`roi_call` over all the ROIs as (call, the ROI's label); None for a normal statement."""
+    r = roi_call(emb, rad, phrase)
+    return None if r is None else (r.call, r.label)
 
 
 HEADLINE = ("auroc/mean", "i2r/R@10", "presence/auroc")  # the test figures a command prints about its checkpoint
@@ -222,7 +254,9 @@ def provenance(checkpoint: str | Path, cfg: dict) -> list[str]:
 
 
 def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str, out: str | Path,
-         dense: np.ndarray | None = None) -> Path:
+         dense: np.ndarray | None = None, decided: RoiCall | None = None) -> Path:
+    """The ROI map (the highest-weight ROI outlined yellow; the ROI the presence call was made at, when another,
+    dashed orange) and the dense map beside it, each with a colour bar saying what its colour is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,6 +264,7 @@ def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str,
     from matplotlib.patches import Rectangle
 
     from .io import atomic_path
+    from .show import DENSE_LABEL, ROI_LABEL, colour_bar
 
     fig, axes = plt.subplots(1, 1 if dense is None else 2, figsize=(5.2 if dense is None else 10.2, 4.8), squeeze=False)
     ax = axes[0, 0]
@@ -239,20 +274,22 @@ def draw(rad: PreparedImage, heat: np.ndarray, weights: np.ndarray, phrase: str,
         shown = d.imshow(np.ma.masked_invalid(dense), cmap="jet", alpha=0.35)
         d.set_title("dense map: each patch vs the phrase", fontsize=9)
         d.axis("off")
-        bar = fig.colorbar(shown, ax=d, fraction=0.046, pad=0.02)
-        bar.set_label("cosine similarity, patch vs phrase (smoothed)", fontsize=8)
-        bar.solids.set_alpha(1)
+        colour_bar(fig, shown, d, DENSE_LABEL)
     ax.imshow(rad.image, cmap="gray", vmin=0, vmax=255)
     shown = ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
-    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-    bar.set_label("ROI weight (softmax over ROIs of similarity to phrase)", fontsize=8)
-    bar.solids.set_alpha(1)
+    colour_bar(fig, shown, ax, ROI_LABEL)
     best = int(np.argmax(weights))
     for k, (x0, y0, x1, y1) in enumerate(rad.boxes):
         if rad.labels[k] != "image":
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5 if k == best else 0.5,
                                    ec="yellow" if k == best else "white", alpha=0.9 if k == best else 0.5))
-    ax.set_title(f'"{phrase}"\nbest ROI: {rad.labels[best]} ({weights[best]:.2f})', fontsize=9)
+    title = f'"{phrase}"\nbest ROI: {rad.labels[best]} ({weights[best]:.2f})'
+    if decided is not None:
+        x0, y0, x1, y1 = decided.box
+        if not np.allclose(decided.box, rad.boxes[best]):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ls="--", ec="orange"))
+        title += f"; call at {decided.label}: p {decided.call.p:.2f}, margin {decided.call.margin:+.2f}"
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()
     out = Path(out)
@@ -286,13 +323,13 @@ def main(command: str, checkpoint: str, image: str, phrase: str | None, out: str
         for o, p in zeroshot(emb, rad.image).items():
             print(f"{o:28s} {p:.3f}")
         return 0
-    decided = decide(emb, rad, phrase)
+    decided = roi_call(emb, rad, phrase)
     if decided is None:
         print(f'not present: "{phrase}" grounds to nothing (a normal statement names nothing to point at); '
               "no map drawn")
         return 0
-    call, where = decided
-    print(f"call at {where} (the ROI most in favour): {call.line()}")
+    call = decided.call
+    print(f"call at {decided.where(rad.transform)}, the ROI most in favour: {call.line()}")
     if grounding.negation_parts(phrase) is not None:
         if not call.present:
             print(f'not present: "{phrase}" grounds to nothing (no region prefers "{call.affirmed}"); no map drawn')
@@ -307,5 +344,5 @@ def main(command: str, checkpoint: str, image: str, phrase: str | None, out: str
             box = to_original(rad.boxes[k : k + 1], rad.transform)[0]
             print(f"{rad.labels[k]:20s} {weights[k]:.3f}  box in the original image (x0 y0 x1 y1): "
                   + " ".join(f"{v:.0f}" for v in box))
-    print(draw(rad, heat, weights, phrase, out or "ground.png", dense_map(emb, rad, phrase)))
+    print(draw(rad, heat, weights, phrase, out or "ground.png", dense_map(emb, rad, phrase), decided))
     return 0

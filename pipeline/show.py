@@ -22,6 +22,9 @@ from .shards import Shard  # noqa: E402
 STAGE_DIRS = {"normalize": "normalize", "segment": "segment", "crop": "crop", "parse_reports": "reports"}
 ZONE_COLOUR = "deepskyblue"
 # one colour per labelled box, none of them the masks' red / lime / yellow
+# what the colour of the project's two grounding maps means, on their colour bars
+ROI_LABEL = "ROI weight (softmax over ROIs of similarity to phrase)"
+DENSE_LABEL = "cosine similarity, patch vs phrase (smoothed)"
 BOX_COLOURS = ("cyan", "magenta", "orange", "hotpink", "violet", "white", "salmon", "turquoise", "orchid")
 
 
@@ -112,3 +115,14 @@ def show(shard: str | Path, row: int, out: str | Path) -> str:
     fig.savefig(out, dpi=110, bbox_inches="tight")  # "tight": the legend below the image stays in
     plt.close(fig)
     return str(out)
+
+
+def colour_bar(fig: plt.Figure, shown, ax: plt.Axes, label: str):
+    """The one colour bar of the project's maps (ground, visualize, the benchmark pictures): beside `ax`, for the
+    image `shown` (an overlay drawn with alpha: the bar is drawn opaque), labelled with what the colour means."""
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    if bar.solids is not None:
+        bar.solids.set_alpha(1)
+    return bar

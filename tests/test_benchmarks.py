@@ -166,3 +166,29 @@ def test_benchmark_command_on_ms_cxr_fixture(tmp_path):
     assert "2 cases pinned" in out.stdout and "dense/cnr " in out.stdout and "dense/pointing_game" in out.stdout
     assert "dense/miou/Pneumothorax" in out.stdout and (tmp_path / "results/benchmarks/ms_cxr/manifest.json").exists()
     assert len(list((tmp_path / "pics").glob("ms_cxr-*.png"))) == 2
+
+
+def _closed_figures(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures, close = [], plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    return figures
+
+
+def test_benchmark_pictures_have_a_labelled_colour_bar_per_map(tmp_path, monkeypatch):
+    from pipeline import benchmarks
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((32, 32), bool)
+    truth[8:16, 8:16] = True
+    figures = {"pointing_game": 1.0, "cnr": 0.5}
+    picture = {"image": rng.integers(0, 255, (32, 32), dtype=np.uint8), "text": "left pleural effusion",
+               "truth": truth, "maps": {"dense": rng.random((32, 32)), "roi": rng.random((32, 32))},
+               "figures": {"dense": figures, "roi": figures}}
+    closed = _closed_figures(monkeypatch)
+    written = benchmarks.draw([picture], "ms_cxr", "student", tmp_path)
+    assert len(written) == 1 and written[0].is_file()
+    labels = [ax.get_ylabel() for ax in closed[-1].axes]
+    assert len(closed[-1].axes) == 4, labels  # two maps, each with its colour bar's axes
+    assert any("cosine similarity" in s for s in labels) and any("ROI weight" in s for s in labels), labels

@@ -171,3 +171,60 @@ def test_provenance_names_the_source_the_figures_and_warns_at_chance(tmp_path):
     assert "173 real images" in lines and "auroc/mean 0.810 (0.710-0.910)" in lines and "warning" not in lines
     lines = "\n".join(provenance(tmp_path / "model.pt", cfg))
     assert "unknown provenance: no summary.json beside the checkpoint" in lines and "test figures: none" in lines
+
+
+def _prepared_zones(tiny):
+    """The tiny image with the ROIs a U-Net would give (in the file's pixels: the right lung the left half, the
+    left lung the right half, the left lower zone its lower half), normalized as predict.prepare does."""
+    from pipeline import config
+    from pipeline.predict import PreparedImage
+    from pipeline.stages.normalize import as_uint8, normalize_file, to_normalized
+
+    cfg = config.load(None, {})
+    image, transform, _ = normalize_file(tiny / "image.png", cfg["normalize"])
+    size = image.shape[-1]
+    boxes = np.vstack([[0, 0, size, size], to_normalized(np.array([[0, 0, 48, 120], [48, 0, 96, 120],
+                                                                   [48, 60, 96, 120.0]]), transform)])
+    return PreparedImage(as_uint8(image[None])[0], boxes, ["image", "right lung", "left lung", "left lower zone"],
+                         transform, False)
+
+
+@pytest.mark.parametrize("phrase", ["no left pleural effusion", "small left pleural effusion", "no pneumothorax"])
+def test_describe_point_decides_where_ground_decides(tiny, monkeypatch, capsys, phrase):
+    """`describe --point` inside the ROI `ground` decided at: the same region, the same call and margin. The point's
+    own patch (what describe --point used to decide at) gives another p: the cause of the old disagreement."""
+    import re
+
+    from pipeline import predict
+
+    rad = _prepared_zones(tiny)
+    monkeypatch.setattr(predict, "prepare", lambda *a: rad)
+    monkeypatch.chdir(tiny)
+    predict.main("ground", str(tiny / "model.pt"), str(tiny / "image.png"), phrase, str(tiny / "g.png"), None,
+                 "medclip-tiny", str(tiny / "model.pt"))  # any file stands for the U-Net: prepare is replaced
+    grounded = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("call at "))
+    x0, y0, x1, y1 = map(float, re.search(r"\(box ([\d.,-]+) in the file's pixels\)", grounded)[1].split(","))
+    point = f"{(x0 + x1) / 2:g},{(y0 + y1) / 2:g}"
+    describe.main(str(tiny / "image.png"), str(tiny / "model.pt"), None, point, None, phrase, None, "medclip-tiny",
+                  str(tiny / "model.pt"))
+    described = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("text "))
+    call = grounded.split(", the ROI most in favour: ", 1)
+    assert len(call) == 2 and "margin " in call[1], grounded
+    assert described.endswith(f"call at {call[0].removeprefix('call at ')}, the ROI holding the point most in "
+                              f"favour: {call[1]}"), (grounded, described)
+    emb = Embedder(tiny / "model.pt", "medclip-tiny", torch.device("cpu"))
+    from pipeline.stages.normalize import to_normalized
+
+    patch = describe.region(emb, rad.image, rad.transform, point=[(x0 + x1) / 2, (y0 + y1) / 2])
+    own = grounding.phrase_call(emb.texts, patch.embedding, emb.scale, phrase)
+    at = predict.roi_call(emb, rad, phrase, tuple(to_normalized(np.array([[x0, y0, x1, y1]]), rad.transform)[0, :2]
+                                                  + 1e-3))
+    assert at.label in grounded and abs(own.p - at.call.p) > 1e-4  # one patch is another region
+
+
+def test_describe_point_without_a_segmenter_says_it_decides_at_the_patch(tiny, capsys, monkeypatch):
+    monkeypatch.chdir(tiny)  # no results/segmenter/unet.pt here
+    describe.main(str(tiny / "image.png"), str(tiny / "model.pt"), None, "30,40", None, "no left pleural effusion",
+                  None, "medclip-tiny")
+    said = capsys.readouterr().out
+    assert "note: the call is at the point's own patch (no segmenter at" in said and "margin " in said

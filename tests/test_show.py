@@ -66,3 +66,23 @@ def test_show_roi_labels_do_not_overlap(shards, tmp_path):
     assert overlaps == []
     out = show(shards / "crop/shard-00000.h5", 0, tmp_path / "out" / "show.png")
     assert (tmp_path / "out" / "show.png").stat().st_size > 5_000 and out.endswith("show.png")
+
+
+def test_visualize_grounding_pictures_have_a_labelled_colour_bar_per_map():
+    """results/visualize/grounding-XX.png: every ROI map and dense map with its colour bar (show.colour_bar)."""
+    import matplotlib.pyplot as plt
+
+    from pipeline.stages.visualize import case_figure
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32), dtype=np.uint8)
+    runs = ["baseline", "student"]
+    fig = case_figure(image, np.array([[0, 0, 16, 32], [16, 0, 32, 32.0]]), [18, 4, 30, 20],
+                      "left pleural effusion", "0123456789", {r: rng.random((32, 32)) for r in runs},
+                      {r: rng.random((32, 32)) for r in runs})
+    try:
+        labels = [ax.get_ylabel() for ax in fig.axes]
+        assert len(fig.axes) == 8, labels  # 2 runs x (ROI map, dense map), each with its colour bar's axes
+        assert sum("ROI weight" in s for s in labels) == 2 and sum("cosine similarity" in s for s in labels) == 2
+    finally:
+        plt.close(fig)
