@@ -15,6 +15,7 @@ wildcard_constraints:
 
 
 include: "workflow/rules/synthesize.smk"
+include: "workflow/rules/pretraining.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/normalize.smk"
 include: "workflow/rules/parse_reports.smk"

@@ -12,6 +12,7 @@ PNG and no teacher is run.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -79,6 +80,15 @@ class ShardRows:
 def report_text(findings_impression: str, report: str) -> str:
     """The report side of a pair: findings + impression, else the whole report; "" when there is no text."""
     return findings_impression.strip() or " ".join(report.split())
+
+
+# a sentence ends at . ! or ? followed by space and a capital, a digit or MIMIC's ___ (never inside "2.5 cm")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9_])")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a report text (findings + impression), in order; the text itself when it has one."""
+    return [s for s in (x.strip() for x in SENTENCE_END.split(text)) if s] or [text]
 
 
 @dataclass
@@ -158,6 +168,23 @@ def join_shards(shards: dict, splits: set[str], keep_ids: list[str] | None = Non
                 yield SplitImage(index, i, j, ids[i], patients[i], studies[j], text,
                                  rois[i] if regional else {}, phrases[j] if regional else {},
                                  int(roi_offsets[i]) if regional else 0, scale)
+
+
+def load_pretraining_pairs(shards: list[str | Path], splits: set[str], size: int) -> ImageReportPairs:
+    """Image <-> report pairs of the pretraining cohort (stages/pretraining.py) in `splits`, images read on demand."""
+    ids, reports, shard, rows = [], [], [], []
+    for k, path in enumerate(shards):
+        with Shard(path) as f:
+            if int(f.attrs["size"]) != size:
+                raise ValueError(f"{path} holds {f.attrs['size']} px films, the model takes {size} px")
+            split = decode(f.f["split"][()])
+            fi, full = decode(f.f["findings_impression"][()]), decode(f.f["report"][()])
+            for i, image_id in enumerate(f.image_ids):
+                text = report_text(fi[i], full[i])
+                if split[i] in splits and text:
+                    ids.append(image_id), reports.append(text), shard.append(k), rows.append(i)
+    shard = np.array(shard, np.int64)
+    return ImageReportPairs(ids, ShardRows(list(shards), "image", shard, rows), reports, shard)
 
 
 def load_pairs(input_shards: list[str | Path], normalize_shards: list[str | Path], report_shards: list[str | Path],

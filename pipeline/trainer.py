@@ -36,7 +36,7 @@ import torch.nn as nn
 
 from . import models
 from .config import config_sha256
-from .data import ImageReportPairs, RegionData
+from .data import ImageReportPairs, RegionData, sentences
 from .io import atomic_path, progress, usable_threads
 from .losses import RegionAwareLoss
 from .vocab import mirror_text, normalize_text
@@ -105,12 +105,27 @@ def caption_groups(texts: list[str]) -> torch.Tensor:
 
 
 class GlobalBatches:
-    """Image <-> report batches (the teacher, the global baseline); images read on demand (data.ShardRows)."""
+    """Image <-> report batches (the teacher, the global baseline); images read on demand (data.ShardRows).
 
-    def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True):
-        self.pairs, self.dedupe = pairs, dedupe
+    captions: "report", the whole report text of each image; or "sentences", as ConVIRT samples them: each time an
+    image is drawn, its whole report or (with probability 1/2) one sentence of it, a pure function of
+    (seed, step, example). A sentence ("No pleural effusion.", "Small left pleural effusion.") is the text a
+    zero-shot prompt resembles, and one report yields many such pairs; identical captions in a batch are masked
+    as duplicates (dedupe), so the many "Heart size is normal." are not each other's negatives."""
+
+    def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True, captions: str = "report",
+                 seed: int = 0):
+        self.pairs, self.dedupe, self.captions, self.seed = pairs, dedupe, captions, seed
         self.tok = models.tokenizer(model_name)
         self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
+        self.sentences = [sentences(r) for r in pairs.reports] if captions == "sentences" else None
+
+    def caption(self, i: int, step: int) -> str:
+        if self.sentences is None:
+            return self.pairs.reports[i]
+        rng = np.random.default_rng([self.seed, step, int(i), 3])
+        own = self.sentences[i]
+        return own[int(rng.integers(len(own)))] if rng.random() < 0.5 else self.pairs.reports[i]
 
     def __len__(self) -> int:
         return len(self.pairs.image_id)
@@ -120,7 +135,7 @@ class GlobalBatches:
         return self.pairs.shard
 
     def __call__(self, idx: np.ndarray, step: int) -> dict[str, torch.Tensor]:
-        reports = [self.pairs.reports[i] for i in idx]
+        reports = [self.caption(i, step) for i in idx]
         batch = {"image": _pixels(self.pairs.images[idx], np.zeros(len(idx), bool), self.spec),
                  "report": _trim(self.tok(reports), self.pad)}
         if self.dedupe:
@@ -501,6 +516,7 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
                stop_after: int | None = None, val_pairs: ImageReportPairs | None = None) -> dict:
     """The teacher: an image <-> report CLIP trained from scratch with L_global alone (early stopping on
     `val_pairs`, see fit)."""
-    batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True))
+    batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"])
+    # validation always scores whole reports: the selection criterion does not move with the caption sampling
     val = GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True)) if val_pairs is not None else None
     return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after, val_batches=val)

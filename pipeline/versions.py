@@ -3,6 +3,7 @@ what a stage writes bumps its number here; the rule passes it in `params:` and t
 
 STAGE_VERSIONS = {
     "synthesize": 2,
+    "pretraining": 1,
     "ingest": 3,
     "normalize": 3,
     "parse_reports": 3,

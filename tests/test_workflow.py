@@ -34,8 +34,9 @@ def test_lint_is_clean():
 def test_dry_run_of_default_config(tmp_path):
     out = run_snakemake(tmp_path, "-n", configfile=None).stdout
     # per-shard jobs appear once the ingest checkpoint has run; train_run: 5 runs + student@1, @2, global_only@1, @2
-    assert jobs(out) == {"synthesize": 1, "ingest": 1, "fit_teacher": 1, "embed_concepts": 1, "train_run": 9,
-                         "evaluate": 1, "visualize": 1, "all": 1}
+    # the pretraining cohort's shards are known before ingest: 6000 films in shards of 500
+    assert jobs(out) == {"synthesize": 1, "pretraining": 12, "ingest": 1, "fit_teacher": 1, "embed_concepts": 1,
+                         "train_run": 9, "evaluate": 1, "visualize": 1, "all": 1}
     assert not (tmp_path / "results").exists()
 
 
@@ -93,12 +94,14 @@ def test_nothing_to_do_on_rerun_and_a_change_reruns_only_its_stage(tiny_run):
     # student and global_only (tiny.yaml: 2 seeds)
     runs = 5 + 2
     downstream = {"embed_teacher": n_shards, "train_run": runs, "evaluate": 1, "visualize": 1, "all": 1}
+    # the teacher is fitted on the pretraining cohort: the target cohort's stages do not refit it
     assert rerun("normalize={size: 32}") == {"normalize": n_shards, "train_segmenter": 1, "segment": n_shards,
-                                             "crop": n_shards, "model_inputs": n_shards, "fit_teacher": 1,
-                                             "embed_concepts": 1, **downstream}
-    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, "fit_teacher": 1,
-                                                        "embed_concepts": 1, **downstream}
+                                             "crop": n_shards, "model_inputs": n_shards, **downstream}
+    assert rerun("parse_reports={max_chars: 5000}") == {"parse_reports": n_shards, **downstream}
     assert rerun("teacher={steps: 4}") == {"fit_teacher": 1, "embed_concepts": 1, **downstream}
+    assert rerun("pretraining={films: 36, shard_size: 12, image_size: 64}") == {
+        "pretraining": 3, "fit_teacher": 1, "embed_concepts": 1, **downstream}
+    assert rerun("teacher={fit_on: target}") == {"fit_teacher": 1, "embed_concepts": 1, **downstream}
     assert rerun("segment={epochs: 3}") == {"train_segmenter": 1, "segment": n_shards, "crop": n_shards,
                                             **downstream}
     assert rerun("crop={pad: 0.1}") == {"crop": n_shards, **downstream}

@@ -71,10 +71,27 @@ def _storage(rng: np.random.Generator, stored_bits_choice: list[int], compressed
     return spec
 
 
+def clinical_window(stored: np.ndarray) -> tuple[float, float]:
+    """The display range a clinical window gives a stored image: lungs grey, black left for the air outside."""
+    lo, hi = np.percentile(stored, [2, 99.5])
+    return float(lo - 0.15 * (hi - lo)), float(hi)
+
+
+def draw_findings(rng: np.random.Generator, cfg: dict) -> list[str]:
+    """The finding kinds of one study: none for a normal study, else each by its prevalence (at least one)."""
+    if rng.random() < cfg["normal_fraction"]:
+        return []
+    kinds = [k for k in KINDS if rng.random() < cfg["prevalence"][k]]
+    if not [k for k in kinds if k != "support_devices"]:
+        kinds.append(str(rng.choice(KINDS[:-1])))
+    if "mass" in kinds and "nodule" in kinds:
+        kinds.remove("nodule")
+    return kinds
+
+
 def _add_voi(spec: DicomSpec, stored: np.ndarray, rng: np.random.Generator) -> None:
     """Window and, for some images, a VOI LUT sequence; sometimes a rescale (modality LUT)."""
-    lo, hi = np.percentile(stored, [2, 99.5])
-    lo -= 0.15 * (hi - lo)  # a clinical window keeps the lungs grey: black is left for the air outside the body
+    lo, hi = clinical_window(stored)
     if rng.random() < 0.3:
         spec.rescale = (1.0, -1024.0) if rng.random() < 0.5 else (1.0, 0.0)
     intercept = spec.rescale[1] if spec.rescale else 0.0
@@ -115,14 +132,7 @@ def make_patient(args: tuple[dict, int, int]) -> dict:
     for j in range(n_studies):
         study_id = str(50_000_000 + index * 10 + j)
         study_dir = out / "files" / f"p{subject_id[:2]}" / f"p{subject_id}" / f"s{study_id}"
-        kinds: list[str] = []
-        if rng.random() >= cfg["normal_fraction"]:
-            prev = cfg["prevalence"]
-            kinds = [k for k in KINDS if rng.random() < prev[k]]
-            if not [k for k in kinds if k != "support_devices"]:
-                kinds.append(str(rng.choice(KINDS[:-1])))
-            if "mass" in kinds and "nodule" in kinds:
-                kinds.remove("nodule")
+        kinds = draw_findings(rng, cfg)
         view = "PA" if rng.random() < 0.7 else "AP"
         rad = render_frontal(thorax, rng, cfg["image_size"], kinds, inspiration=rng.uniform(0.92, 1.04), view=view)
         layout = str(rng.choice(["full", "impression_only", "empty_findings"], p=[0.92, 0.05, 0.03]))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from pipeline import config as pipeline_config
 from pipeline import model_spec
+from pipeline.stages.pretraining import shard_count
 from pipeline.versions import STAGE_VERSIONS
 
 # Reject typos and wrong types before any job starts; fill defaults; coerce --config strings.
@@ -68,6 +69,24 @@ def shard_files(stage):
         return expand(f"results/{stage}/shard-{{shard}}.h5", shard=shard_ids())
 
     return files
+
+
+def pretraining_config():
+    """The cohort's own section plus the generator's finding mix, which it shares with the synthetic source."""
+    syn = config["data"]["synthetic"]
+    return {**config["pretraining"], "normal_fraction": syn["normal_fraction"], "prevalence": syn["prevalence"]}
+
+
+def pretraining_files(wildcards=None):
+    return expand("results/pretraining/shard-{shard}.h5", shard=[f"{k:05d}" for k in range(shard_count(config["pretraining"]))])
+
+
+def teacher_fit_inputs(wildcards):
+    """The pretraining cohort's shards, or the target cohort's model_inputs, normalize and report shards."""
+    if config["teacher"]["fit_on"] == "pretraining":
+        return {"pretraining": pretraining_files()}
+    return {"inputs": teacher_input_files(wildcards), "normalized": shard_files("normalize")(wildcards),
+            "reports": shard_files("reports")(wildcards)}
 
 
 def embed_config():

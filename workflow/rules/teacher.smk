@@ -1,8 +1,6 @@
 rule fit_teacher:
     input:
-        inputs=teacher_input_files,
-        normalized=shard_files("normalize"),
-        reports=shard_files("reports"),
+        unpack(teacher_fit_inputs),
     output:
         model="results/teacher/model.pt",
         metrics="results/teacher/metrics.jsonl",
