@@ -216,3 +216,16 @@ def test_compare_gives_student_minus_control_and_seed_means_the_two_level_interv
     assert paired["student - baseline"]["m/x"] == stats.paired(
         [values["student"].mean()], [replicates["student"]["m/x"]], [values["baseline"].mean()],
         [replicates["baseline"]["m/x"]], 20)
+
+
+def test_retrieval_ranks_ties_at_their_mid_rank_so_identical_images_score_chance():
+    from pipeline.evaluation.retrieval import true_rank
+
+    sim = np.array([[0.5, 0.5, 0.5, 0.5], [0.1, 0.9, 0.3, 0.2], [0.3, 0.3, 0.7, 0.7]])
+    np.testing.assert_array_equal(true_rank(sim, np.diag(sim)), [2.5, 1.0, 1.5])
+    # the mean-image control: one image for every report; report -> image retrieval must sit at chance, not at R@1 1
+    rng = np.random.default_rng(0)
+    img = np.repeat(rng.standard_normal((1, 8)), 50, axis=0)
+    rep = rng.standard_normal((50, 8))
+    r2i = true_rank((img @ rep.T).T, np.diag((img @ rep.T).T))
+    assert np.all(r2i == 25.5) and (r2i <= 10).mean() == 0.0

@@ -137,8 +137,9 @@ def test_tiny_run_trains_the_student_from_shards_and_evaluates_it(tiny_run):
     metrics = json.loads((tiny_run / "results/evaluate/metrics.json").read_text())
     assert metrics["pairing_on_truth"]["judged"] > 0
     controls = {f"{run}/{c}" for run in ("student", "global_only", "baseline") for c in ("mean_image", "other_patient")}
+    oracle = {f"{run}/oracle_rois" for run in ("student", "student@1", "global_only", "global_only@1")}
     assert set(metrics["runs"]) == {"baseline", "student", "global_only", "no_roi", "no_neg", "no_distill", "student@1",
-                                    "global_only@1", "baseline/crop", "global_only/crop"} | controls
+                                    "global_only@1", "baseline/crop", "global_only/crop"} | controls | oracle
     # figures only the image can win, beside the input controls and the null band of 3 untrained models
     assert {"presence/auroc", "region/same_position_top1", "robust/balanced_negation"} <= set(metrics["runs"]["student"])
     assert metrics["null_band"]["models"] == 3 and "presence/auroc" in metrics["null_band"]["figures"]

@@ -23,13 +23,24 @@ def top1_unique(roi: np.ndarray, texts: list[str], embed) -> np.ndarray:
 
 
 
+TIE = 1e-6  # cosine similarities this close are one score (identical inputs, e.g. the mean-image control)
+
+
+def true_rank(sim: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's true item (score `true`) among the row's scores `sim`, ties at their mid-rank:
+    a model that scores every candidate the same ranks the true one in the middle, never first."""
+    better = (sim > true[:, None] + TIE).sum(1)
+    tied = (np.abs(sim - true[:, None]) <= TIE).sum(1) - 1  # the true item itself is not a tie
+    return 1 + better + tied / 2
+
+
 def retrieval_figures(emb, img: np.ndarray, reports: list[str], retrieval: np.ndarray, patients: np.ndarray) -> dict:
     """i2r/* and r2i/* over the studies of `retrieval` (one image index each) as {metric: (unit patients, stat)}."""
     out = {}
     rep = emb.texts([reports[i] for i in retrieval])
     sim = img[retrieval] @ rep.T
     for name, s in (("i2r", sim), ("r2i", sim.T)):
-        rank = 1 + (s > np.diag(s)[:, None]).sum(1)
+        rank = true_rank(s, np.diag(s))
         units = list(patients[retrieval])
         for k in (1, 5, 10):
             out[f"{name}/R@{k}"] = (units, lambda i, r=rank, k=k: (r[i] <= k).mean())
@@ -49,7 +60,7 @@ def region_phrase_figures(emb, roi: np.ndarray, pairs: list[dict], units: list[s
     out["region/top1"] = (units, lambda i: top1[i].mean())
     t = emb.texts(texts)
     true_sim = (r * t).sum(1)
-    rank = 1 + ((t @ roi.T) > true_sim[:, None]).sum(1)
+    rank = true_rank(t @ roi.T, true_sim)
     for k in (1, 5, 10):
         out[f"phrase2roi/R@{k}"] = (units, lambda i, k=k: (rank[i] <= k).mean())
     return out
