@@ -47,6 +47,19 @@ def cohort(n_images: int = 24, seed: int = 0):
     return roi_where, owner, findings, [set()] * n_images
 
 
+
+def oracle_model(roi_where, owner, findings, texts, boxes=None) -> np.ndarray:
+    """The oracle model: each lung and zone ROI embeds the statements of what is true of it (present or absent)."""
+    model = np.zeros((len(roi_where), 512))
+    for r, (kind, side, zone) in enumerate(roi_where):
+        if kind in ("lung", "zone"):
+            for o in REGIONAL:
+                y = regional.presence_label(findings[owner[r]], set(), o, side, zone,
+                                            *(() if boxes is None else (boxes[r],)))
+                if np.isfinite(y):
+                    model[r] += texts([statement(o, side, zone, negated=not y)])[0]
+    return model
+
 def test_presence_labels_follow_side_and_zone():
     found = {("Pleural Effusion", "left", "lower", None), ("Edema", "right", "", None)}
     label = regional.presence_label
@@ -82,13 +95,7 @@ def test_an_oracle_scores_presence_auroc_one_and_a_position_only_model_one_half(
     units = [f"p{owner[r]}" for r in items["roi"]]
     texts = text_table()
     # oracle: each ROI embeds the statements that are true of it (present or absent, per finding)
-    oracle = np.zeros((len(roi_where), 512))
-    for r, (kind, side, zone) in enumerate(roi_where):
-        if kind in ("lung", "zone"):
-            for o in REGIONAL:
-                y = regional.presence_label(findings[owner[r]], set(), o, side, zone)
-                if np.isfinite(y):
-                    oracle[r] += texts([statement(o, side, zone, negated=not y)])[0]
+    oracle = oracle_model(roi_where, owner, findings, texts)
     figures = regional.presence_figures(oracle, texts, 10.0, items, units)
     everyone = np.arange(len(units))
     assert figures["presence/auroc"][1](everyone) == pytest.approx(1.0)
@@ -221,13 +228,7 @@ def test_oracle_rois_follow_the_crop_stages_rule_and_an_oracle_model_scores_pres
     units = [f"p{owner[r]}" for r in items["roi"]]
     assert set(items["position"]) >= {"right lower", "left upper", "right lung"}
     texts = text_table()
-    model = np.zeros((len(roi_where), 512))  # the oracle model: each ROI embeds what is true of it
-    for r, (kind, side, zone) in enumerate(roi_where):
-        if kind in ("lung", "zone"):
-            for o in REGIONAL:
-                y = regional.presence_label(findings[owner[r]], set(), o, side, zone, boxes[r])
-                if np.isfinite(y):
-                    model[r] += texts([statement(o, side, zone, negated=not y)])[0]
+    model = oracle_model(roi_where, owner, findings, texts, boxes)
     figures = regional.presence_figures(model, texts, 10.0, items, units)
     everyone = np.arange(len(units))
     assert figures["presence/auroc"][1](everyone) == pytest.approx(1.0)
