@@ -135,6 +135,10 @@ def _check_values(cfg: dict) -> None:
         raise ConfigError(f"config key data.synthetic.studies_per_patient: [{least}, {most}] must be [min, max]")
     if sum(cfg["data"]["synthetic"]["split"]) <= 0:
         raise ConfigError("config key data.synthetic.split: the train / validate / test fractions add up to 0")
+    if cfg["pretraining"]["seed"] == cfg["data"]["synthetic"]["seed"]:
+        # film i of the cohort would share patient i's random stream: correlated anatomy and findings
+        raise ConfigError(f"config key pretraining.seed: {cfg['pretraining']['seed']} is data.synthetic.seed too; the "
+                          f"pretraining cohort must not share patients with the target cohort: choose another seed")
     runs = {"teacher": cfg["teacher"], "train": cfg["train"],
             **{f"evaluate.runs.{name}": run_config(cfg, name) for name in cfg["evaluate"]["runs"]}}
     for key, run in runs.items():

@@ -49,6 +49,8 @@ def test_percentiles_in_the_wrong_order_are_rejected():
         config.load(overrides={"normalize": {"percentile": [99, 1]}})
     with pytest.raises(config.ConfigError, match="studies_per_patient"):
         config.load(overrides={"data": {"synthetic": {"studies_per_patient": [3, 1]}}})
+    with pytest.raises(config.ConfigError, match=r"pretraining.seed: 1234 is data.synthetic.seed too"):
+        config.load(overrides={"pretraining": {"seed": 1234}})
     with pytest.raises(config.ConfigError, match=r"data.scrub_reports.0: '\(Dr' is not a regular expression"):
         config.load(overrides={"data": {"scrub_reports": ["(Dr"]}})
     few = {"batch_size": 8, "accumulate": 2, "nproc_per_node": 4}

@@ -233,3 +233,11 @@ def test_oracle_rois_follow_the_crop_stages_rule_and_an_oracle_model_scores_pres
     everyone = np.arange(len(units))
     assert figures["presence/auroc"][1](everyone) == pytest.approx(1.0)
     assert figures["presence/auroc/Lung Lesion"][1](everyone) == pytest.approx(1.0)
+
+
+def test_a_tie_at_the_top_of_the_same_position_candidates_is_shared_not_won():
+    pair = {"observation": "Pleural Effusion", "laterality": "left", "zone": "lower", "roi": 0, "stated": set()}
+    texts = lambda t: np.ones((len(t), 4))  # noqa: E731 -- every statement embeds the same: all candidates tie
+    figures = regional.same_position_figures(np.ones((1, 4)), texts, [pair], ["p1"])
+    n = len(regional.same_position_candidates("Pleural Effusion", "left", "lower", set()))
+    assert figures["region/same_position_top1"][1](np.array([0])) == pytest.approx(1 / n)

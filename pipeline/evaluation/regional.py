@@ -153,6 +153,7 @@ def same_position_figures(roi: np.ndarray, texts, pairs: list[dict], units: list
         cands = same_position_candidates(p["observation"], p["laterality"], p["zone"], p["stated"])
         if len(cands) > 1:
             sims = texts([statement(o, p["laterality"], p["zone"]) for o in cands]) @ roi[p["roi"]]
-            wins[k] = float(sims.argmax() == 0)
+            best = np.abs(sims - sims.max()) <= 1e-6  # a tie at the top is shared, never won outright
+            wins[k] = float(best[0]) / best.sum()
     return {"region/same_position_top1": (units, lambda i: float(np.nanmean(wins[i])) if np.isfinite(wins[i]).any()
                                           else np.nan)}

@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 from pipeline import models
@@ -5,7 +6,8 @@ from pipeline.data import load_pairs, load_pretraining_pairs
 from pipeline.io import files_sha256, logged
 from pipeline.trainer import fit_global
 
-with logged(snakemake.log[0]) as log:
+with logged(snakemake.log[0]):
+    log = logging.getLogger("pipeline.fit_teacher")
     cfg = snakemake.params.cfg
     size = models.input_size(cfg["model"])
     if cfg["fit_on"] == "pretraining":
