@@ -14,5 +14,5 @@ STAGE_VERSIONS = {
     "embed_teacher": 2,
     "model_inputs": 1,
     "train": 2,
-    "evaluate": 2,
+    "evaluate": 3,
 }
