@@ -3,7 +3,9 @@
 The same path runs on real and synthetic data: nothing here reads ground truth.
 
 Pairing, for each present (or, if allowed, uncertain) phrase of a regional observation:
-1. a lesion ROI on the phrase's side, in its zone when it names one (else the largest lesion on that side);
+1. a lesion ROI on the phrase's side, in its zone when it names one; a phrase that names no zone takes the largest
+   lesion on its side that no other finding's phrase names by its zone (vocab.SPREAD findings, a pneumothorax or
+   edema, never take a lesion ROI);
 2. else the zone ROI of that side and zone;
 3. else the lung ROI of that side ("bilateral" pairs with both sides).
 A phrase with no side ("mild pulmonary edema") is not paired: it still teaches through the report.
@@ -18,7 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .vocab import REGIONAL, caption, normalize_text, other_side, spell_side
+from .vocab import REGIONAL, SPREAD, caption, normalize_text, other_side, spell_side
 
 
 @dataclass
@@ -35,24 +37,35 @@ def pair_rois(rois: dict[str, list], phrases: dict[str, list], uncertain: str = 
     a caption of their own, see `pair_caption`)."""
     kinds, sides, zones = rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]
     areas = rois.get("roi_area", [0] * len(kinds))
-    pairs = []
+    wanted = []  # (phrase, observation, side, zone), one per side the phrase names
     for p, (obs, neg, unc, side, zone) in enumerate(zip(
             phrases["phrase_observation"], phrases["phrase_negated"], phrases["phrase_uncertain"],
             phrases["phrase_laterality"], phrases["phrase_zone"])):
         if neg or obs not in REGIONAL or not side or (unc and uncertain == "drop"):
             continue
-        for s in (("right", "left") if side == "bilateral" else (side,)):
-            lesions = [i for i, k in enumerate(kinds) if k == "lesion" and sides[i] == s and (not zone or zones[i] == zone)]
-            if lesions:
-                pairs.append(Pair(max(lesions, key=lambda i: areas[i]), p, "lesion"))
-                continue
-            zone_roi = [i for i, k in enumerate(kinds) if k == "zone" and sides[i] == s and zones[i] == zone]
-            if zone and zone_roi:
-                pairs.append(Pair(zone_roi[0], p, "zone"))
-                continue
-            lung = [i for i, k in enumerate(kinds) if k == "lung" and sides[i] == s]
-            if lung:
-                pairs.append(Pair(lung[0], p, "lung"))
+        wanted += [(p, obs, s, zone) for s in (("right", "left") if side == "bilateral" else (side,))]
+
+    def lesions(side, zone):
+        return [i for i, k in enumerate(kinds) if k == "lesion" and sides[i] == side and (not zone or zones[i] == zone)]
+
+    # a lesion in the zone a phrase names belongs to that phrase's finding: a phrase that names no zone takes only
+    # lesions no other finding claims ("small right pneumothorax" must not take the lower-zone lesion of "right
+    # lower lobe atelectasis"); with none left it pairs with the lung
+    claimed = {(i, obs) for _, obs, s, zone in wanted if zone for i in lesions(s, zone)}
+    pairs = []
+    for p, obs, s, zone in wanted:
+        free = [] if obs in SPREAD else [i for i in lesions(s, zone)
+                                         if zone or not any(j == i and o != obs for j, o in claimed)]
+        if free:
+            pairs.append(Pair(max(free, key=lambda i: areas[i]), p, "lesion"))
+            continue
+        zone_roi = [i for i, k in enumerate(kinds) if k == "zone" and sides[i] == s and zones[i] == zone]
+        if zone and zone_roi:
+            pairs.append(Pair(zone_roi[0], p, "zone"))
+            continue
+        lung = [i for i, k in enumerate(kinds) if k == "lung" and sides[i] == s]
+        if lung:
+            pairs.append(Pair(lung[0], p, "lung"))
     return pairs
 
 
@@ -138,13 +151,26 @@ def read_truth(truth_dir: str | Path) -> tuple[dict, dict]:
     return box, region
 
 
+def on_finding(finding_box, roi_box, bilateral: bool, roi_side: str) -> bool:
+    """Whether a paired ROI sits on the finding: the centre of the finding's box inside the ROI's box (both x0, y0,
+    x1, y1 in one pixel grid). A bilateral finding is drawn as one box across both lungs, whose centre lies between
+    them: it is judged by its half on the ROI's side (the patient's right is the image's left)."""
+    fx0, fy0, fx1, fy1 = finding_box
+    if bilateral:
+        mid = (fx0 + fx1) / 2
+        fx0, fx1 = (fx0, mid) if roi_side == "right" else (mid, fx1)
+    cx, cy = (fx0 + fx1) / 2, (fy0 + fy1) / 2
+    x0, y0, x1, y1 = roi_box
+    return bool(x0 <= cx <= x1 and y0 <= cy <= y1)
+
+
 def accuracy_on_truth(crop_shards, report_shards, truth_dir: str | Path, uncertain: str = "drop") -> dict:
     """Score pairing on the synthetic ground truth: a pair is right when the centre of the finding its phrase
-    describes lies inside the paired ROI (original pixels). Only the synthetic source has this truth."""
+    describes lies inside the paired ROI (original pixels); for a bilateral phrase, the centre of the finding's half
+    on the ROI's side. Only the synthetic source has this truth."""
     from .shards import Shard, decode
 
     corners, region = read_truth(truth_dir)
-    box = {k: ((x0 + x1) / 2, (y0 + y1) / 2) for k, (x0, y0, x1, y1) in corners.items()}
     counts = {"pairs": 0, "judged": 0, "right": 0, "lesion": 0, "zone": 0, "lung": 0}
     for crop_path, report_path in zip(crop_shards, report_shards):
         with Shard(crop_path) as c, Shard(report_path) as r:
@@ -159,11 +185,11 @@ def accuracy_on_truth(crop_shards, report_shards, truth_dir: str | Path, uncerta
                     counts[pair.rule] += 1
                     key = (study, " ".join(ph["phrase_sentence"][pair.phrase].split()),
                            ph["phrase_observation"][pair.phrase])
-                    if key not in region or (image_id, region[key]) not in box:
+                    if key not in region or (image_id, region[key]) not in corners:
                         continue
-                    cx, cy = box[(image_id, region[key])]
-                    x0, y0, x1, y1 = rois["roi_box_original"][pair.roi]
                     counts["judged"] += 1
-                    counts["right"] += bool(x0 <= cx <= x1 and y0 <= cy <= y1)
+                    counts["right"] += on_finding(corners[(image_id, region[key])], rois["roi_box_original"][pair.roi],
+                                                  ph["phrase_laterality"][pair.phrase] == "bilateral",
+                                                  rois["roi_laterality"][pair.roi])
     counts["accuracy"] = counts["right"] / max(counts["judged"], 1)
     return counts

@@ -13,6 +13,6 @@ STAGE_VERSIONS = {
     "fit_teacher": 2,
     "embed_teacher": 2,
     "model_inputs": 1,
-    "train": 2,
-    "evaluate": 3,
+    "train": 3,
+    "evaluate": 4,
 }

@@ -23,6 +23,9 @@ OTHER_SIDE = {"right": "left", "left": "right", "bilateral": "bilateral", "": ""
 REGIONAL = {"Atelectasis": "atelectasis", "Consolidation": "consolidation", "Edema": "pulmonary edema",
             "Lung Lesion": "nodule", "Lung Opacity": "opacity", "Pleural Effusion": "pleural effusion",
             "Pleural Other": "pleural thickening", "Pneumonia": "pneumonia", "Pneumothorax": "pneumothorax"}
+# findings that spread over a lung or a zone instead of forming one opacity: pairing gives them the lung or zone ROI,
+# never a lesion ROI (a pneumothorax is air along the pleura, edema a haze around both hila)
+SPREAD = {"Edema", "Pneumothorax"}
 # where a finding sits when the report names no zone (pleural fluid collects at the base)
 DEFAULT_ZONE = {"Pleural Effusion": "lower"}
 

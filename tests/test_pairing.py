@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.pairing import negative_captions, pair_caption, pair_rois, stated_findings
+from pipeline.pairing import negative_captions, on_finding, pair_caption, pair_rois, stated_findings
 from pipeline.vocab import REGIONAL, SIDE_WORDS, caption, mirror_text, normalize_text, other_side, spell_side
 
 
@@ -39,6 +39,39 @@ def test_pairs_follow_side_and_zone():
 def test_side_only_lesion_phrase_takes_the_largest_lesion():
     ph = phrases(("Lung Lesion", False, False, "left", ""))
     assert [(p.roi, p.rule) for p in pair_rois(IMAGE_ROIS, ph)] == [(9, "lesion")]
+
+
+def test_spread_findings_pair_with_the_lung_or_zone_never_a_lesion():
+    # a pneumothorax is air along the pleura and edema a haze: a lesion ROI on their side is another finding's
+    ph = phrases(("Pneumothorax", False, False, "left", ""), ("Edema", False, False, "bilateral", "middle"))
+    assert [(p.roi, p.phrase, p.rule) for p in pair_rois(IMAGE_ROIS, ph)] == [(5, 0, "lung"), (3, 1, "zone"),
+                                                                               (7, 1, "zone")]
+
+
+def test_a_phrase_without_a_zone_leaves_the_lesion_another_finding_names():
+    # "left lower lobe atelectasis" claims the left lower lesion; "left lung nodule" names no zone: it takes the
+    # upper lesion although the lower one is larger
+    ph = phrases(("Atelectasis", False, False, "left", "lower"), ("Lung Lesion", False, False, "left", ""))
+    assert [(p.roi, p.phrase) for p in pair_rois(IMAGE_ROIS, ph)] == [(9, 0), (10, 1)]
+    # with every lesion on its side claimed, it falls back to the lung
+    only_lower = rois(*[r for r in zip(*IMAGE_ROIS.values()) if r[2] != "upper" or r[0] != "lesion"])
+    assert [(p.roi, p.rule) for p in pair_rois(only_lower, ph)] == [(9, "lesion"), (5, "lung")]
+    # the same finding said twice, once with its zone, keeps its lesion
+    twice = phrases(("Atelectasis", False, False, "left", "lower"), ("Atelectasis", False, False, "left", ""))
+    assert [(p.roi, p.rule) for p in pair_rois(only_lower, twice)] == [(9, "lesion"), (9, "lesion")]
+
+
+def test_pairing_accuracy_judges_a_bilateral_finding_by_its_half_on_the_rois_side():
+    # bilateral edema drawn as one box across both lungs: its centre (x=200) is on the midline, in neither lung
+    edema = (100, 100, 300, 200)
+    right_mid, left_mid = (20, 90, 190, 210), (210, 90, 380, 210)  # the patient's right lung is the image's left
+    assert on_finding(edema, right_mid, True, "right") and on_finding(edema, left_mid, True, "left")
+    assert not on_finding(edema, right_mid, False, "right") and not on_finding(edema, left_mid, False, "left")
+    # the half on the other side does not count
+    assert not on_finding(edema, left_mid, True, "right")
+    # a one-sided finding: its centre
+    assert on_finding((30, 100, 90, 160), right_mid, False, "right")
+    assert not on_finding((30, 100, 90, 160), left_mid, False, "left")
 
 
 def test_a_side_said_twice_mirrors_once():
