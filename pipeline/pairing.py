@@ -51,7 +51,7 @@ def pair_rois(rois: dict[str, list], phrases: dict[str, list], uncertain: str = 
     # a lesion in the zone a phrase names belongs to that phrase's finding: a phrase that names no zone takes only
     # lesions no other finding claims ("small right pneumothorax" must not take the lower-zone lesion of "right
     # lower lobe atelectasis"); with none left it pairs with the lung
-    claimed = {(i, obs) for _, obs, s, zone in wanted if zone for i in lesions(s, zone)}
+    claimed = {(i, obs) for _, obs, s, zone in wanted if zone and obs not in SPREAD for i in lesions(s, zone)}
     pairs = []
     for p, obs, s, zone in wanted:
         free = [] if obs in SPREAD else [i for i in lesions(s, zone)

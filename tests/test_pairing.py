@@ -59,6 +59,9 @@ def test_a_phrase_without_a_zone_leaves_the_lesion_another_finding_names():
     # the same finding said twice, once with its zone, keeps its lesion
     twice = phrases(("Atelectasis", False, False, "left", "lower"), ("Atelectasis", False, False, "left", ""))
     assert [(p.roi, p.rule) for p in pair_rois(only_lower, twice)] == [(9, "lesion"), (9, "lesion")]
+    # a pneumothorax never takes a lesion, so it claims none: the nodule keeps the largest
+    ph = phrases(("Pneumothorax", False, False, "left", "lower"), ("Lung Lesion", False, False, "left", ""))
+    assert [(p.roi, p.rule) for p in pair_rois(IMAGE_ROIS, ph)] == [(8, "zone"), (9, "lesion")]
 
 
 def test_pairing_accuracy_judges_a_bilateral_finding_by_its_half_on_the_rois_side():
