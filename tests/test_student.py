@@ -126,6 +126,18 @@ def test_student_resumes_after_a_kill_with_the_same_weights(tmp_path, train_cfg)
     assert last["step"] == 3 and last["neg_loss"] > 0 and last["distill_loss"] > 0
 
 
+def test_a_checkpoint_of_another_stage_version_is_not_resumed(tmp_path, train_cfg, caplog):
+    # a final checkpoint left by older code (train's STAGE_VERSION bumped, e.g. for a pairing change) would
+    # otherwise be resumed at its last step and its old weights written as the new run's model
+    batches = RegionBatches(region_data(), "medclip-tiny", train_cfg)
+    fit(batches, {**train_cfg, "stage_version": 1}, tmp_path / "run")
+    with caplog.at_level("INFO", logger="pipeline.trainer"):
+        fit(batches, {**train_cfg, "stage_version": 2}, tmp_path / "run")
+    assert "made under another config" in caplog.text
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(train_cfg["steps"]))  # trained afresh, every step logged once
+
+
 DDP_SCRIPT = """
 import json, sys
 import numpy as np

@@ -22,6 +22,7 @@ from .. import models
 from ..data import load_region_data
 from ..io import atomic_path, files_sha256
 from ..trainer import RegionBatches, fit
+from ..versions import STAGE_VERSIONS
 
 log = logging.getLogger("pipeline.train")
 
@@ -48,10 +49,11 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     # train.init: teacher (its weights file), scratch (random), or a weights file for train.model
     init = {"teacher": spec["teacher"], "scratch": None}.get(cfg["init"], cfg["init"])
-    # a checkpoint resumes only under the same config and the same input shards and teacher
+    # a checkpoint resumes only under the same config, input shards, teacher and stage version (a code change that
+    # alters what training does, e.g. pairing, bumps the version: its old final checkpoint must not be taken as done)
     stages = ("inputs", "normalized", "crops", "reports", "embed")
     files = [f for k in stages for f in inputs[k]] + [inputs["concepts"]]
-    cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else []))}
+    cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else [])), "stage_version": STAGE_VERSIONS["train"]}
     val_batches = RegionBatches(val, cfg["model"], {**cfg, "hflip": 0.0})  # early stopping (trainer.fit)
     result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after,
                  val_batches=val_batches)
