@@ -57,17 +57,61 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
               f"PNG pixels {ld['png_loader_samples_s']:.0f}/s: {ld['loader_ratio']:.2f}x")
         return res
     if stage == "scale":
-        from .scale import bench_scale
+        from .scale import MIMIC_IMAGES, PER_IMAGE, STAGES, bench_scale
 
-        res = bench_scale(n or 48)
-        print(f"scale: the same {res['N']['images']}-image and {res['10N']['images']}-image synthetic sets "
-              f"(built in {res['build_N_s']:.0f} s and {res['build_10N_s']:.0f} s), 20 student steps each")
-        for name in ("N", "10N", "in_memory_N"):
-            m = res[name]
-            print(f"  {name:>11}: {m['images']} images, {m['pairs']} pairs: peak RSS {m['peak_rss_mb']:.0f} MB "
-                  f"(workers {m['worker_peak_rss_mb']:.0f} MB), {m['samples_s']:.1f} samples/s")
-        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x (target <= 1.15); streaming / in-memory samples/s at N: "
-              f"{res['speed_ratio']:.2f}x (target >= 0.9)")
+        res = bench_scale(n or 500)
+        n_res, big = res["N"], res["10N"]
+        print(f"scale: snakemake --cores {res['cores']} train on MIMIC-CXR-layout folders of N = {n_res['films']} and "
+              f"10N = {big['films']} films ({res['films']} films rendered at 512 rows, repeated under new ids as hard "
+              f"links; one film per study, 2 studies per patient), the U-Net trained from a CheXmask-format table of "
+              f"as many rows (1 epoch, U-Net at {res['unet_size']} px), {res['student_steps']} student steps of "
+              f"batch 16; normalize.size {res['size']}, shards of {res['shard_size']} films; "
+              f"{res['seconds'] / 60:.1f} min in all, load average {res['load_before']:.1f} before, "
+              f"{res['load_after']:.1f} after")
+        for name in ("N", "10N"):
+            print(f"  {name:>3}: source laid out in {res[name]['source_s']:.0f} s, workflow "
+                  f"{res[name]['workflow_s']:.0f} s")
+        print("  per stage, from benchmarks/<rule>/*.tsv: images per core-second (images / summed job seconds x "
+              "threads), peak RSS of the largest job (MB; its process tree, shared pages counted per process; PSS "
+              "beside it)")
+        print(f"  {'stage':<16}{'jobs N/10N':>11}{'threads':>8}{'img/s N':>9}{'10N':>8}{'RSS N':>8}{'10N':>7}"
+              f"{'10N/N':>7}{'PSS N':>7}{'10N':>6}")
+        for s in STAGES:
+            a, b = n_res["stages"][s], big["stages"][s]
+            print(f"  {s:<16}{a['jobs']:>5} /{b['jobs']:>4}{a['threads']:>8}{a['core_images_s']:>9.1f}"
+                  f"{b['core_images_s']:>8.1f}{a['peak_rss_mb']:>8.0f}{b['peak_rss_mb']:>7.0f}"
+                  f"{res['rss_ratio'][s]:>7.2f}{a['peak_pss_mb']:>7.0f}{b['peak_pss_mb']:>6.0f}")
+        flat = max(res["rss_ratio"].values())
+        print(f"  largest peak RSS 10N / N: {flat:.2f}x ({max(res['rss_ratio'], key=res['rss_ratio'].get)}; "
+              f"target <= 1.15). train_segmenter counts the images it trained on x epochs, train (the student) its "
+              f"steps x batch; the others a shard's images per job. Snakemake samples memory every 0.5 s for a "
+              f"job's first 15 s, then every 30 s")
+        p = res["projection"]
+        print(f"projection: MIMIC-CXR's {MIMIC_IMAGES:,} images on a {p['cores']}-core workstation from the 10N "
+              f"per-core rates (per-shard jobs keep the {p['cores']} cores busy: {p['cores']} one-thread jobs or "
+              f"{p['cores'] // 2} of segment's two-thread jobs at a time, each core as fast as one measured here)")
+        print("  " + ", ".join(f"{s} {p['hours'][s]:.2f} h" for s in PER_IMAGE)
+              + f": {p['total_hours']:.2f} h (target <= 1 h); {p['dominant']} dominates "
+              f"({p['hours'][p['dominant']] / p['total_hours']:.0%})")
+        print(f"  parse_reports (per shard; it parses each study of a shard once, and MIMIC's dicom_ids are hashes, "
+              f"so a study's images rarely share a shard: about one parse per image) adds "
+              f"{res['parse_reports_hours']:.2f} h, embed_teacher {res['embed_teacher_hours']:.2f} h")
+        default = config.load()
+        print(f"  caveats: these films are 512 rows (MIMIC-CXR's DICOMs are about 3000 x 2500, so normalize decodes "
+              f"far fewer pixels here); normalize.size {res['size']} and the U-Net at {res['unet_size']} px against "
+              f"config.yaml's {default['normalize']['size']} and {default['segment']['input_size']} px; job start-up "
+              f"(Python, torch) is in every job's seconds, with shards of {res['shard_size']} (config.yaml's "
+              f"data.shard_size {default['data']['shard_size']} means more start-ups); the cores here were shared "
+              f"(load average above)")
+        if "in_memory_N" in res:
+            print(f"student memory: {res['memory_steps']} steps of batch 16 on the workflow's shards, a fresh "
+                  f"process each")
+            memory = {"N": n_res["student_memory"], "10N": big["student_memory"], "in_memory_N": res["in_memory_N"]}
+            for name, m in memory.items():
+                print(f"  {name:>11}: {m['images']} images, {m['pairs']} pairs: peak RSS {m['peak_rss_mb']:.0f} MB "
+                      f"(workers {m['worker_peak_rss_mb']:.0f} MB), {m['samples_s']:.1f} samples/s")
+            print(f"  peak RSS 10N / N: {res['student_memory_ratio']:.3f}x (target <= 1.15); streaming / in-memory "
+                  f"samples/s at N: {res['speed_ratio']:.2f}x (target >= 0.9)")
         return res
     if stage == "unet":
         from .unet import bench_unet
