@@ -1,7 +1,7 @@
 """Benchmarks: figures printed, never asserted in tests. `python -m pipeline bench STAGE` calls `run`.
 
 `stages` (normalize, synthesize, pairing), `parse_reports`, `segment`, `train` (teacher cached vs online),
-`scale` (memory against dataset size), `unet` (U-Net training memory against the number of CheXmask rows),
+`scale` (the workflow at N and 10N films: per-stage rates and peak RSS, a MIMIC-CXR projection), `unet` (U-Net training memory against the number of CheXmask rows),
 `backbones` (a BiomedCLIP-sized student against medclip-tiny).
 """
 
