@@ -37,21 +37,22 @@ def pair_rois(rois: dict[str, list], phrases: dict[str, list], uncertain: str = 
     a caption of their own, see `pair_caption`)."""
     kinds, sides, zones = rois["roi_kind"], rois["roi_laterality"], rois["roi_zone"]
     areas = rois.get("roi_area", [0] * len(kinds))
-    wanted = []  # (phrase, observation, side, zone), one per side the phrase names
+    stated = []  # (phrase, observation, side, zone, hedged) of every regional finding stated on a side
     for p, (obs, neg, unc, side, zone) in enumerate(zip(
             phrases["phrase_observation"], phrases["phrase_negated"], phrases["phrase_uncertain"],
             phrases["phrase_laterality"], phrases["phrase_zone"])):
-        if neg or obs not in REGIONAL or not side or (unc and uncertain == "drop"):
-            continue
-        wanted += [(p, obs, s, zone) for s in (("right", "left") if side == "bilateral" else (side,))]
+        if not neg and obs in REGIONAL and side:
+            stated += [(p, obs, s, zone, unc) for s in (("right", "left") if side == "bilateral" else (side,))]
+    wanted = [(p, obs, s, zone) for p, obs, s, zone, unc in stated if not (unc and uncertain == "drop")]
 
     def lesions(side, zone):
         return [i for i, k in enumerate(kinds) if k == "lesion" and sides[i] == side and (not zone or zones[i] == zone)]
 
     # a lesion in the zone a phrase names belongs to that phrase's finding: a phrase that names no zone takes only
     # lesions no other finding claims ("small right pneumothorax" must not take the lower-zone lesion of "right
-    # lower lobe atelectasis"); with none left it pairs with the lung
-    claimed = {(i, obs) for _, obs, s, zone in wanted if zone and obs not in SPREAD for i in lesions(s, zone)}
+    # lower lobe atelectasis"); with none left it pairs with the lung. Hedged phrases claim too, whatever
+    # `uncertain` says, so that training and evaluation pair alike
+    claimed = {(i, obs) for _, obs, s, zone, _ in stated if zone and obs not in SPREAD for i in lesions(s, zone)}
     pairs = []
     for p, obs, s, zone in wanted:
         free = [] if obs in SPREAD else [i for i in lesions(s, zone)
@@ -172,6 +173,7 @@ def accuracy_on_truth(crop_shards, report_shards, truth_dir: str | Path, uncerta
 
     corners, region = read_truth(truth_dir)
     counts = {"pairs": 0, "judged": 0, "right": 0, "lesion": 0, "zone": 0, "lung": 0}
+    by_rule = {rule: {"judged": 0, "right": 0} for rule in ("lesion", "zone", "lung")}
     for crop_path, report_path in zip(crop_shards, report_shards):
         with Shard(crop_path) as c, Shard(report_path) as r:
             report_row = {image_id: i for i, image_id in enumerate(r.image_ids)}
@@ -187,9 +189,14 @@ def accuracy_on_truth(crop_shards, report_shards, truth_dir: str | Path, uncerta
                            ph["phrase_observation"][pair.phrase])
                     if key not in region or (image_id, region[key]) not in corners:
                         continue
-                    counts["judged"] += 1
-                    counts["right"] += on_finding(corners[(image_id, region[key])], rois["roi_box_original"][pair.roi],
-                                                  ph["phrase_laterality"][pair.phrase] == "bilateral",
-                                                  rois["roi_laterality"][pair.roi])
+                    right = on_finding(corners[(image_id, region[key])], rois["roi_box_original"][pair.roi],
+                                       ph["phrase_laterality"][pair.phrase] == "bilateral",
+                                       rois["roi_laterality"][pair.roi])
+                    for tally in (counts, by_rule[pair.rule]):
+                        tally["judged"] += 1
+                        tally["right"] += right
     counts["accuracy"] = counts["right"] / max(counts["judged"], 1)
+    # per rule: a lung ROI holds almost any finding of its side, so the lesion rule's figure is the demanding one
+    counts["by_rule"] = {rule: {**t, "accuracy": t["right"] / t["judged"] if t["judged"] else None}
+                         for rule, t in by_rule.items()}
     return counts

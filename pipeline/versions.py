@@ -14,5 +14,5 @@ STAGE_VERSIONS = {
     "embed_teacher": 2,
     "model_inputs": 1,
     "train": 3,
-    "evaluate": 4,
+    "evaluate": 5,
 }

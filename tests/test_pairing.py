@@ -59,6 +59,11 @@ def test_a_phrase_without_a_zone_leaves_the_lesion_another_finding_names():
     # the same finding said twice, once with its zone, keeps its lesion
     twice = phrases(("Atelectasis", False, False, "left", "lower"), ("Atelectasis", False, False, "left", ""))
     assert [(p.roi, p.rule) for p in pair_rois(only_lower, twice)] == [(9, "lesion"), (9, "lesion")]
+    # a hedged phrase claims its zone's lesion whether hedged phrases are paired or dropped: training ("own") and
+    # evaluation ("drop") give the nodule the same ROI
+    hedged = phrases(("Pneumonia", False, True, "left", "lower"), ("Lung Lesion", False, False, "left", ""))
+    assert [(p.roi, p.phrase) for p in pair_rois(IMAGE_ROIS, hedged, uncertain="drop")] == [(10, 1)]
+    assert [(p.roi, p.phrase) for p in pair_rois(IMAGE_ROIS, hedged, uncertain="own")] == [(9, 0), (10, 1)]
     # a pneumothorax never takes a lesion, so it claims none: the nodule keeps the largest
     ph = phrases(("Pneumothorax", False, False, "left", "lower"), ("Lung Lesion", False, False, "left", ""))
     assert [(p.roi, p.rule) for p in pair_rois(IMAGE_ROIS, ph)] == [(8, "zone"), (9, "lesion")]

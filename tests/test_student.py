@@ -126,6 +126,22 @@ def test_student_resumes_after_a_kill_with_the_same_weights(tmp_path, train_cfg)
     assert last["step"] == 3 and last["neg_loss"] > 0 and last["distill_loss"] > 0
 
 
+def test_the_resume_key_holds_trains_stage_version_and_the_input_files(tmp_path, train_cfg, monkeypatch):
+    from pipeline import versions
+    from pipeline.stages.train import resume_key
+    from pipeline.trainer import config_sha256
+
+    shard = tmp_path / "shard.h5"
+    shard.write_bytes(b"rows")
+    key = resume_key(train_cfg, [shard])
+    assert key["stage_version"] == versions.STAGE_VERSIONS["train"]
+    monkeypatch.setitem(versions.STAGE_VERSIONS, "train", versions.STAGE_VERSIONS["train"] + 1)
+    assert config_sha256(resume_key(train_cfg, [shard])) != config_sha256(key)  # a version bump: not resumed
+    monkeypatch.undo()
+    shard.write_bytes(b"other rows")
+    assert config_sha256(resume_key(train_cfg, [shard])) != config_sha256(key)  # new shards: not resumed
+
+
 def test_a_checkpoint_of_another_stage_version_is_not_resumed(tmp_path, train_cfg, caplog):
     # a final checkpoint left by older code (train's STAGE_VERSION bumped, e.g. for a pairing change) would
     # otherwise be resumed at its last step and its old weights written as the new run's model

@@ -162,7 +162,8 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
     elif stage == "pairing":
         res = bench_pairing()
         print(f"pairing: {res['pairs']} ROI-phrase pairs (lesion {res['lesion']}, zone {res['zone']}, lung "
-              f"{res['lung']}); {res['judged']} judged on synthetic truth: accuracy {res['accuracy']:.4f}")
+              f"{res['lung']}); {res['judged']} judged on synthetic truth: accuracy {res['accuracy']:.4f} ("
+              + ", ".join(f"{rule} {t['right']}/{t['judged']}" for rule, t in res["by_rule"].items()) + ")")
     elif stage == "parse-reports" and (gold or reports or iu):
         from ..reports import real
 

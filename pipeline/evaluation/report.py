@@ -146,8 +146,11 @@ def report_markdown(metrics: dict) -> str:
     table("Robustness per finding", per_finding)
     if "pairing_on_truth" in metrics:
         p = metrics["pairing_on_truth"]
+        rules = "; ".join(f"{rule} ROIs {t['right']} of {t['judged']}" for rule, t in p.get("by_rule", {}).items()
+                          if t["judged"])
         lines.extend([f"Pairing on the synthetic truth (all splits): {p['right']} of {p['judged']} judged pairs right "
-                      f"({p['accuracy']:.3f}).", ""])
+                      f"({p['accuracy']:.3f}; {rules}). A lung ROI holds almost any finding of its side: the lesion "
+                      "figure is the demanding one.", ""])
     lines.extend(["## Evaluation sets (manifests)", "", "Sets pinned by `evaluate.manifests` whose ROIs come from the "
                   "trained U-Net (region pairs, clear regions, grounding) are evaluated on the pinned entries found "
                   "again: lungs and zones by name, lesions by box (IoU >= 0.3, or one box holds the other's centre).", "",

@@ -37,6 +37,14 @@ def write_spec(path: str | Path, inputs: dict, cfg: dict, teacher: str) -> Path:
     return path
 
 
+def resume_key(cfg: dict, files: list) -> dict:
+    """The config a checkpoint must have been made under to be resumed: the run's config, its input files' (shards,
+    init weights) SHA-256 and train's stage version. A code change that alters what training does (pairing, say)
+    bumps the version; without it in the key, a finished run's final checkpoint would be resumed at its last step
+    and its old weights written as the new model."""
+    return {**cfg, "data_sha256": files_sha256(files), "stage_version": STAGE_VERSIONS["train"]}
+
+
 def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) -> dict:
     spec = json.loads(Path(spec_path).read_text())
     cfg, inputs, out_dir = spec["cfg"], spec["inputs"], Path(spec_path).parent
@@ -49,11 +57,9 @@ def run(spec_path: str | Path, threads: int = 1, stop_after: int | None = None) 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     # train.init: teacher (its weights file), scratch (random), or a weights file for train.model
     init = {"teacher": spec["teacher"], "scratch": None}.get(cfg["init"], cfg["init"])
-    # a checkpoint resumes only under the same config, input shards, teacher and stage version (a code change that
-    # alters what training does, e.g. pairing, bumps the version: its old final checkpoint must not be taken as done)
     stages = ("inputs", "normalized", "crops", "reports", "embed")
     files = [f for k in stages for f in inputs[k]] + [inputs["concepts"]]
-    cfg = {**cfg, "data_sha256": files_sha256(files + ([init] if init else [])), "stage_version": STAGE_VERSIONS["train"]}
+    cfg = resume_key(cfg, files + ([init] if init else []))
     val_batches = RegionBatches(val, cfg["model"], {**cfg, "hflip": 0.0})  # early stopping (trainer.fit)
     result = fit(RegionBatches(data, cfg["model"], cfg), cfg, out_dir, threads, init=init, stop_after=stop_after,
                  val_batches=val_batches)
