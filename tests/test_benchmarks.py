@@ -192,3 +192,12 @@ def test_benchmark_pictures_have_a_labelled_colour_bar_per_map(tmp_path, monkeyp
     labels = [ax.get_ylabel() for ax in closed[-1].axes]
     assert len(closed[-1].axes) == 4, labels  # two maps, each with its colour bar's axes
     assert any("cosine similarity" in s for s in labels) and any("ROI weight" in s for s in labels), labels
+
+
+def test_a_bench_child_runs_in_its_own_process_and_names_itself_when_it_fails():
+    from pipeline.bench.child import run_child
+
+    got = run_child("pipeline.bench.child.peak_rss()", "bench test")
+    assert set(got) == {"peak_rss_mb", "worker_peak_rss_mb"} and got["peak_rss_mb"] > 0
+    with pytest.raises(RuntimeError, match="bench test child failed"):
+        run_child("pipeline.bench.child.no_such_function()", "bench test")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,6 +32,7 @@ from .. import config
 from ..labels import OBSERVATIONS
 from ..shards import Shard
 from ..stages import ingest
+from .child import peak_rss, run_child
 from .unet import render_films, write_chexmask_set
 
 MIMIC_IMAGES = 377_110  # MIMIC-CXR 2.0, every view (Johnson et al., Sci Data 2019)
@@ -219,17 +219,12 @@ def child(workdir: str, steps: int, batch_size: int, in_memory: bool) -> dict:
     total = time.perf_counter() - t0 - load_s
     return {"images": len(data), "pairs": len(data.pair_text), "load_s": load_s,
             "samples_s": steps * batch_size / (total - times[0]),  # the first step (worker start-up) is not timed
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            **peak_rss()}
 
 
 def _run_child(workdir: Path, steps: int, batch_size: int, in_memory: bool) -> dict:
-    code = (f"import json; from pipeline.bench.scale import child; "
-            f"print(json.dumps(child({str(workdir)!r}, {steps}, {batch_size}, {in_memory})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"bench scale child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(f"pipeline.bench.scale.child({str(workdir)!r}, {steps}, {batch_size}, {in_memory})",
+                     "bench scale")
 
 
 # ------------------------------------------------------------------------------------------------ the bench

@@ -10,10 +10,6 @@ process and of its largest worker, and samples/s (the first step, worker start-u
 
 from __future__ import annotations
 
-import json
-import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +21,7 @@ from .. import config
 from ..masks import rle_encode
 from ..shards import Shard, ShardWriter
 from ..stages import ingest, normalize
+from .child import peak_rss, run_child
 
 SHARD_ROWS = 1000
 
@@ -94,18 +91,11 @@ def child(folder: str, steps: int, in_memory: bool, size: int) -> dict:
     prepare_s = time.perf_counter() - t0
     _, metrics = ts.train({"train": train}, seg, threads=2, max_steps=steps)
     return {"rows": len(ingested.rows), "train_images": metrics["train_images"], "prepare_s": prepare_s,
-            "samples_s": metrics["samples_s"], "steps": metrics["steps"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "worker_peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+            "samples_s": metrics["samples_s"], "steps": metrics["steps"], **peak_rss()}
 
 
 def _run_child(folder: Path, steps: int, in_memory: bool, size: int) -> dict:
-    code = (f"import json; from pipeline.bench.unet import child; "
-            f"print(json.dumps(child({str(folder)!r}, {steps}, {in_memory}, {size})))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"bench unet child failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_child(f"pipeline.bench.unet.child({str(folder)!r}, {steps}, {in_memory}, {size})", "bench unet")
 
 
 def bench_unet(rows: int = 2000, steps: int = 40, films: int = 8, size: int | None = None,
