@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .labels import OBSERVATIONS
 from .shards import Shard, decode
 from .stages.normalize import as_uint8
 
@@ -97,6 +98,7 @@ class ImageReportPairs:
     images: np.ndarray | ShardRows  # (N, s, s) uint8 at the model's input size
     reports: list[str]  # findings + impression (the full report when those are empty)
     shard: np.ndarray  # (N,) which shard each pair comes from (the sampler keeps reads near-sequential)
+    labels: np.ndarray | None = None  # (N, 14) CheXpert study labels (1, 0, -1, NaN), for label-aware negatives
 
 
 ROI_KEYS = ["roi_kind", "roi_laterality", "roi_zone", "roi_area", "roi_box"]
@@ -172,19 +174,22 @@ def join_shards(shards: dict, splits: set[str], keep_ids: list[str] | None = Non
 
 def load_pretraining_pairs(shards: list[str | Path], splits: set[str], size: int) -> ImageReportPairs:
     """Image <-> report pairs of the pretraining cohort (stages/pretraining.py) in `splits`, images read on demand."""
-    ids, reports, shard, rows = [], [], [], []
+    ids, reports, shard, rows, labels = [], [], [], [], []
     for k, path in enumerate(shards):
         with Shard(path) as f:
             if int(f.attrs["size"]) != size:
                 raise ValueError(f"{path} holds {f.attrs['size']} px films, the model takes {size} px")
             split = decode(f.f["split"][()])
             fi, full = decode(f.f["findings_impression"][()]), decode(f.f["report"][()])
+            shard_labels = f.f["labels"][()]
             for i, image_id in enumerate(f.image_ids):
                 text = report_text(fi[i], full[i])
                 if split[i] in splits and text:
                     ids.append(image_id), reports.append(text), shard.append(k), rows.append(i)
+                    labels.append(shard_labels[i])
     shard = np.array(shard, np.int64)
-    return ImageReportPairs(ids, ShardRows(list(shards), "image", shard, rows), reports, shard)
+    return ImageReportPairs(ids, ShardRows(list(shards), "image", shard, rows), reports, shard,
+                            np.array(labels, np.float32).reshape(-1, len(OBSERVATIONS)))
 
 
 def load_pairs(input_shards: list[str | Path], normalize_shards: list[str | Path], report_shards: list[str | Path],
@@ -194,9 +199,18 @@ def load_pairs(input_shards: list[str | Path], normalize_shards: list[str | Path
     joined = list(join_shards({"inputs": input_shards, "normalized": normalize_shards, "reports": report_shards},
                               splits, size=size))
     shard = np.array([x.shard for x in joined], np.int64)
+    # the parsed study labels (parse_reports' convention), for label-aware negatives; None where shards lack them
+    labels = None
+    if joined and all(_has(p, "labels") for p in report_shards):
+        labels = ShardRows(list(report_shards), "labels", shard, [x.report_row for x in joined])[:]
     return ImageReportPairs([x.image_id for x in joined],
                             ShardRows(list(input_shards), "image", shard, [x.row for x in joined]),
-                            [x.report for x in joined], shard)
+                            [x.report for x in joined], shard, labels)
+
+
+def _has(path: str | Path, key: str) -> bool:
+    with Shard(path) as s:
+        return key in s.f
 
 
 @dataclass

@@ -104,6 +104,15 @@ def caption_groups(texts: list[str]) -> torch.Tensor:
     return torch.tensor([ids.setdefault(normalize_text(t), len(ids)) for t in texts], dtype=torch.long)
 
 
+def label_groups(labels: np.ndarray) -> torch.Tensor:
+    """One int64 id per row of CheXpert study labels (N, 14), equal for equal label vectors; a blank (NaN, not
+    mentioned) counts as 0, as evaluation scores it. Reports with the same findings are not false negatives of each
+    other (MedCLIP's point: two normal studies are not a mismatched pair)."""
+    ids: dict[bytes, int] = {}
+    rows = np.nan_to_num(np.asarray(labels, np.float32), nan=0.0)
+    return torch.tensor([ids.setdefault(r.tobytes(), len(ids)) for r in rows], dtype=torch.long)
+
+
 class GlobalBatches:
     """Image <-> report batches (the teacher, the global baseline); images read on demand (data.ShardRows).
 
@@ -111,11 +120,18 @@ class GlobalBatches:
     image is drawn, its whole report or (with probability 1/2) one sentence of it, a pure function of
     (seed, step, example). A sentence ("No pleural effusion.", "Small left pleural effusion.") is the text a
     zero-shot prompt resembles, and one report yields many such pairs; identical captions in a batch are masked
-    as duplicates (dedupe), so the many "Heart size is normal." are not each other's negatives."""
+    as duplicates (dedupe), so the many "Heart size is normal." are not each other's negatives.
+
+    negatives: "captions", reports are each other's negatives unless they are the same caption (dedupe); "labels",
+    unless their study labels are the same too (label_groups), so L_global contrasts reports that state different
+    findings, which is what zero-shot classification asks of the base."""
 
     def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True, captions: str = "report",
-                 seed: int = 0):
+                 seed: int = 0, negatives: str = "captions"):
+        if negatives == "labels" and pairs.labels is None:
+            raise ValueError("negatives: labels needs the pairs' study labels")
         self.pairs, self.dedupe, self.captions, self.seed = pairs, dedupe, captions, seed
+        self.negatives = negatives
         self.tok = models.tokenizer(model_name)
         self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
         self.sentences = [sentences(r) for r in pairs.reports] if captions == "sentences" else None
@@ -138,7 +154,9 @@ class GlobalBatches:
         reports = [self.caption(i, step) for i in idx]
         batch = {"image": _pixels(self.pairs.images[idx], np.zeros(len(idx), bool), self.spec),
                  "report": _trim(self.tok(reports), self.pad)}
-        if self.dedupe:
+        if self.negatives == "labels":
+            batch["report_groups"] = label_groups(self.pairs.labels[idx])
+        elif self.dedupe:
             batch["report_groups"] = caption_groups(reports)
         return batch
 
@@ -516,7 +534,9 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
                stop_after: int | None = None, val_pairs: ImageReportPairs | None = None) -> dict:
     """The teacher: an image <-> report CLIP trained from scratch with L_global alone (early stopping on
     `val_pairs`, see fit)."""
-    batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"])
-    # validation always scores whole reports: the selection criterion does not move with the caption sampling
+    batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
+                            cfg.get("negatives", "captions"))
+    # validation always scores whole reports against every other caption: the selection criterion does not move
+    # with the caption sampling or the negatives
     val = GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True)) if val_pairs is not None else None
     return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after, val_batches=val)

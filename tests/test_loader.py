@@ -3,6 +3,7 @@ shard that fails the run with its name."""
 
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -207,3 +208,18 @@ def test_the_lazy_test_set_equals_the_eager_arrays(tmp_path):
     assert np.array_equal(test.images[[4, 0, 4]], images[[4, 0, 4]])
     assert test.roi_crop.shape == crops.shape and np.array_equal(test.roi_crop[:], crops)
     assert np.array_equal(test.roi_crop[test.roi_of[3]], np.asarray(truth[test.image_id[3]][1]))
+
+
+def test_pairs_carry_the_parsed_study_labels_of_their_report_rows(tmp_path):
+    paths, _ = write_shards(tmp_path)
+    assert load_pairs(paths["inputs"], paths["normalized"], paths["reports"], {"train"}, SIZE).labels is None
+    # each report row gets labels of its own; the report shard's rows are in another order than the images'
+    for k, path in enumerate(paths["reports"]):
+        with h5py.File(path, "a") as f:
+            ids = [i.decode() for i in f["image_id"][()]]
+            f["labels"] = np.array([[k, int(i.split("i")[1]), *[np.nan] * 12] for i in ids], np.float32)
+    pairs = load_pairs(paths["inputs"], paths["normalized"], paths["reports"], {"train"}, SIZE)
+    assert pairs.labels.shape == (len(pairs.image_id), 14)
+    for image_id, row in zip(pairs.image_id, pairs.labels):
+        k, j = image_id[1:].split("i")
+        assert row[:2].tolist() == [int(k), int(j)] and np.isnan(row[2:]).all()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from pipeline import config
 from pipeline.data import load_pretraining_pairs, sentences
@@ -12,7 +15,8 @@ from pipeline.labels import OBSERVATIONS
 from pipeline.shards import Shard, check, decode
 from pipeline.stages import pretraining
 from pipeline.stages.parse_reports import split_sections
-from pipeline.trainer import GlobalBatches
+from pipeline.losses import mask_duplicates
+from pipeline.trainer import GlobalBatches, label_groups
 
 
 @pytest.fixture
@@ -94,3 +98,39 @@ def test_sentence_captions_are_the_report_or_one_of_its_sentences_and_repeat_by_
     assert seen == [[mixed.caption(i, step) for step in range(40)] for i in range(3)]  # a pure function of the step
     other_seed = GlobalBatches(pairs, "medclip-tiny", captions="sentences", seed=4)
     assert [[other_seed.caption(i, step) for step in range(40)] for i in range(3)] != seen
+
+
+def test_label_groups_join_equal_study_labels_and_read_a_blank_as_negative():
+    nan = np.nan
+    labels = np.array([[1, 0, nan], [1, nan, 0], [1, -1, 0], [nan, nan, nan], [0, 0, 0], [1, 0, 0]], np.float32)
+    assert label_groups(labels).tolist() == [0, 0, 1, 2, 2, 0]
+
+
+def test_label_negatives_mask_reports_with_the_same_labels_out_of_the_teachers_loss(tmp_path, cohort_cfg):
+    paths = [tmp_path / "shard-00000.h5"]
+    pretraining.run(cohort_cfg, 0, paths[0], 32)
+    pairs = load_pretraining_pairs(paths, {"train"}, 32)
+    with Shard(paths[0]) as s:  # the pairs carry their films' own labels
+        split = np.array(decode(s.f["split"][()]))
+        np.testing.assert_array_equal(pairs.labels, s.f["labels"][()][split == "train"])
+    idx = np.arange(len(pairs.image_id))
+    by_caption = GlobalBatches(pairs, "medclip-tiny")(idx, 0)["report_groups"]
+    by_labels = GlobalBatches(pairs, "medclip-tiny", negatives="labels")(idx, 0)["report_groups"]
+    key = [np.nan_to_num(r, nan=0.0).tobytes() for r in pairs.labels]
+    for i in idx:
+        for j in idx:
+            assert (by_labels[i] == by_labels[j]) == (key[i] == key[j])
+            if by_caption[i] == by_caption[j]:  # the same caption always has the same labels
+                assert by_labels[i] == by_labels[j]
+    assert len(set(by_labels.tolist())) < len(set(by_caption.tolist()))  # some studies share their findings
+    # in L_global a report with the image's own labels is neither its positive nor a negative
+    emb = torch.nn.functional.normalize(torch.randn(len(idx), 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(len(idx), 8, generator=torch.Generator().manual_seed(1)), dim=1)
+    scale = torch.tensor(10.0)
+    i = next(i for i in idx if (by_labels == by_labels[i]).sum() > 1)
+    others = [j for j in idx if j == i or by_labels[j] != by_labels[i]]
+    expect = -torch.log_softmax(scale * emb[i] @ text[others].T, 0)[others.index(i)]
+    logits = mask_duplicates(scale * emb @ text.T, by_labels)
+    assert torch.isclose(-torch.log_softmax(logits[i], 0)[i], expect)
+    with pytest.raises(ValueError, match="study labels"):
+        GlobalBatches(replace(pairs, labels=None), "medclip-tiny", negatives="labels")

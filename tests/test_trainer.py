@@ -2,6 +2,7 @@
 
 import json
 import os
+from dataclasses import replace
 
 import numpy as np
 import open_clip
@@ -219,3 +220,16 @@ def test_resume_under_another_thread_count_keeps_the_checkpoints(tmp_path, pairs
     fit_global(pairs, cfg, tmp_path / "killed", threads=1)
     a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_teacher_with_label_negatives_trains_on_labelled_pairs_only(tmp_path, pairs, cfg):
+    cfg = {**cfg, "steps": 2, "batch_size": 8, "checkpoint_every": 10}
+    with pytest.raises(ValueError, match="study labels"):
+        fit_global(pairs, {**cfg, "negatives": "labels"}, tmp_path / "unlabelled")
+    labels = np.full((8, 14), np.nan, np.float32)
+    labels[[0, 1, 2], 0] = 1.0  # three reports state the same finding: not each other's negatives
+    fit_global(replace(pairs, labels=labels), {**cfg, "negatives": "labels"}, tmp_path / "labels")
+    fit_global(pairs, cfg, tmp_path / "captions")
+    first = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])["global_loss"]
+             for run in ("labels", "captions")]
+    assert first[0] < first[1]  # the same weights and batch, fewer negatives
