@@ -123,8 +123,9 @@ class GlobalBatches:
     as duplicates (dedupe), so the many "Heart size is normal." are not each other's negatives.
 
     negatives: "captions", reports are each other's negatives unless they are the same caption (dedupe); "labels",
-    unless their study labels are the same too (label_groups), so L_global contrasts reports that state different
-    findings, which is what zero-shot classification asks of the base."""
+    unless their study labels are the same (label_groups), so L_global contrasts reports that state different
+    findings, which is what zero-shot classification asks of the base. A sentence caption is grouped by its
+    report's labels, so two equal sentences of reports with other findings stay each other's negatives."""
 
     def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True, captions: str = "report",
                  seed: int = 0, negatives: str = "captions"):
