@@ -11,6 +11,7 @@ paths are read against the working directory (Snakemake's --directory).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -32,9 +33,20 @@ class ConfigError(ValueError):
     """A config value is unknown, missing or of the wrong type; the message names the key."""
 
 
-def load_schema() -> dict:
+# libyaml's loader where PyYAML was built with it: the pure-Python one takes about 0.5 s for the schema
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=1)
+def _schema() -> dict:
     with open(SCHEMA_PATH) as f:
-        return yaml.safe_load(f)
+        return yaml.load(f, Loader=SafeLoader)
+
+
+def load_schema() -> dict:
+    """The config schema, parsed once per process (the Snakefile asks for it once per rule and run); a copy, so
+    a caller cannot change another's."""
+    return copy.deepcopy(_schema())
 
 
 def _coerce(value: Any, schema: dict) -> Any:
@@ -225,6 +237,11 @@ def seeded_runs(cfg: dict) -> list[str]:
     ev = cfg["evaluate"]
     extra = [f"{name}@{k}" for name in ("student", ev["control"]) for k in range(1, ev["seeds"])]
     return list(ev["runs"]) + extra
+
+
+def pretraining_shards(cfg: dict) -> int:
+    """How many shards the pretraining cohort (the `pretraining` section) is written in."""
+    return -(-cfg["films"] // cfg["shard_size"])
 
 
 def seed_replicas(cfg: dict, name: str) -> list[str]:

@@ -69,3 +69,22 @@ def test_projection_arithmetic():
     assert p["hours"] == pytest.approx({"normalize": 1.0, "segment": 0.25})
     assert p["total_hours"] == pytest.approx(1.25) and p["dominant"] == "normalize"
     assert scale.project({"crop": 1.0})["total_hours"] == pytest.approx(scale.MIMIC_IMAGES / 8 / 3600)
+
+
+def test_projection_by_shard_size_charges_each_job_its_start_up():
+    # 10 jobs of 100 images, 2 threads, 50 s in all, 3 s start-up each: 20 s of work, 1000 / (20 x 2) = 25 img/s
+    stage = scale.split_startup({"jobs": 10, "images": 1000, "seconds": 50.0, "threads": 2}, startup=3.0)
+    assert stage["work_core_images_s"] == pytest.approx(25.0)
+    # 7,200 images on 8 cores in shards of 720: 10 jobs x 3 s x 2 threads + 7,200 / 25 core-seconds
+    p = scale.project_sharded({"segment": stage}, shard_size=720, images=7_200, cores=8)
+    assert p["hours"]["segment"] == pytest.approx((60 + 288) / 8 / 3600)
+    # smaller shards, more start-ups: 100 jobs
+    assert scale.project_sharded({"segment": stage}, 72, 7_200, 8)["total_hours"] == pytest.approx(
+        (600 + 288) / 8 / 3600)
+    # a start-up measured larger than a job's seconds leaves a tenth of them as work, never a negative rate
+    assert scale.split_startup({"jobs": 2, "images": 10, "seconds": 4.0, "threads": 1}, 5.0)[
+        "work_core_images_s"] == pytest.approx(10 / 0.4)
+
+
+def test_start_up_is_measured_in_a_fresh_process():
+    assert 0 < scale.startup_seconds("model_inputs", repeats=1) < 120

@@ -96,13 +96,19 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         print(f"  parse_reports (per shard; it parses each study of a shard once, and MIMIC's dicom_ids are hashes, "
               f"so a study's images rarely share a shard: about one parse per image) adds "
               f"{res['parse_reports_hours']:.2f} h, embed_teacher {res['embed_teacher_hours']:.2f} h")
+        print("  each job first starts Python and imports its stage (torch for most): start-up s per job, measured "
+              "in fresh processes after the runs; per-core rates without it:")
+        print("  " + ", ".join(f"{s} {f['startup_s']:.1f} s, {f['work_core_images_s']:.1f} img/s"
+                               for s, f in res["startup"].items()))
+        print("  MIMIC-CXR at other data.shard_size values (start-up per job + images at the rates without it):")
+        for k, q in res["by_shard_size"].items():
+            print(f"    shards of {k:>5}: " + ", ".join(f"{s} {q['hours'][s]:.2f} h" for s in PER_IMAGE)
+                  + f": {q['total_hours']:.2f} h")
         default = config.load()
         print(f"  caveats: these films are 512 rows (MIMIC-CXR's DICOMs are about 3000 x 2500, so normalize decodes "
               f"far fewer pixels here); normalize.size {res['size']} and the U-Net at {res['unet_size']} px against "
-              f"config.yaml's {default['normalize']['size']} and {default['segment']['input_size']} px; job start-up "
-              f"(Python, torch) is in every job's seconds, with shards of {res['shard_size']} (config.yaml's "
-              f"data.shard_size {default['data']['shard_size']} means more start-ups); the cores here were shared "
-              f"(load average above)")
+              f"config.yaml's {default['normalize']['size']} and {default['segment']['input_size']} px; the cores "
+              f"here may be shared (load average above)")
         if "in_memory_N" in res:
             print(f"student memory: {res['memory_steps']} steps of batch 16 on the workflow's shards, a fresh "
                   f"process each")

@@ -44,6 +44,7 @@ STAGES = ("normalize", "train_segmenter", "segment", "crop", "parse_reports", "m
 RULE = {"train": "train_run"}  # a benchmark folder -> its rule's name, where they differ
 FIRST_SUBJECT, FIRST_STUDY = 10_000_000, 50_000_000  # MIMIC's id ranges (8 digits)
 STUDIES_PER_PATIENT = 2
+SHARD_SIZES = (64, 250, 1000, 2000)  # data.shard_size values the MIMIC-CXR projection is given for
 
 
 # ------------------------------------------------------------------------------------------------ the source
@@ -174,6 +175,39 @@ def project(core_rates: dict[str, float], images: int = MIMIC_IMAGES, cores: int
             "dominant": max(hours, key=hours.get)}
 
 
+def startup_seconds(stage: str, repeats: int = 3) -> float:
+    """What a job of `stage` pays before its first image: a fresh interpreter importing what its script imports
+    (Snakemake's script module, the stage's module). The median of `repeats`, each in its own process."""
+    code = f"import snakemake.script, pipeline.io, pipeline.stages.{stage}"
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def split_startup(figures: dict, startup: float) -> dict:
+    """One stage's figures (`stage_figures`) less its jobs' start-up: `work_core_images_s`, images per core-second
+    of the seconds left after `startup` per job (at least a tenth of each job's seconds, so that a start-up
+    measured on a busier moment cannot leave nothing)."""
+    work = max(figures["seconds"] - figures["jobs"] * startup, 0.1 * figures["seconds"])
+    return {**figures, "startup_s": startup, "work_core_images_s": figures["images"] / (work * figures["threads"])}
+
+
+def project_sharded(stages: dict, shard_size: int, images: int = MIMIC_IMAGES,
+                    cores: int = WORKSTATION_CORES) -> dict:
+    """`project` with shards of `shard_size`: each stage (`split_startup`'s figures) costs its jobs' start-up
+    (ceil(images / shard_size) jobs, each holding its threads) plus its images at the rate without start-up."""
+    hours = {}
+    for s, f in stages.items():
+        jobs = -(-images // shard_size)
+        core_s = jobs * f["startup_s"] * f["threads"] + images / f["work_core_images_s"]
+        hours[s] = core_s / cores / 3600
+    return {"images": images, "cores": cores, "shard_size": shard_size, "hours": hours,
+            "total_hours": sum(hours.values()), "dominant": max(hours, key=hours.get)}
+
+
 # ------------------------------------------------------------------------------------------------ the student
 def child(workdir: str, steps: int, batch_size: int, in_memory: bool) -> dict:
     """Train `steps` student steps on the workflow's shards under workdir; runs in its own process."""
@@ -228,7 +262,7 @@ def _run_child(workdir: Path, steps: int, batch_size: int, in_memory: bool) -> d
 
 
 # ------------------------------------------------------------------------------------------------ the bench
-def bench_scale(n: int = 500, films: int = 16, shard_size: int = 250, size: int = 128, unet_size: int = 64,
+def bench_scale(n: int = 500, films: int = 16, shard_size: int = 1000, size: int = 128, unet_size: int = 64,
                 student_steps: int = 5, memory_steps: int = 20, batch_size: int = 16,
                 workdir: str | Path = "benchmarks/scale", cores: int = 2) -> dict:
     """The workflow at N and 10N films: per-stage figures, their 10N / N peak RSS ratios, the MIMIC-CXR
@@ -261,6 +295,9 @@ def bench_scale(n: int = 500, films: int = 16, shard_size: int = 250, size: int 
                         for s in STAGES}
     big = out["10N"]["stages"]  # the larger set: more jobs per stage behind each rate
     out["projection"] = project({s: big[s]["core_images_s"] for s in PER_IMAGE})
+    # the same rates less each job's start-up, measured here after the runs: MIMIC-CXR at other shard sizes
+    out["startup"] = {s: split_startup(big[s], startup_seconds(s)) for s in PER_IMAGE}
+    out["by_shard_size"] = {k: project_sharded(out["startup"], k) for k in SHARD_SIZES}
     # parse_reports and embed_teacher run per shard too (on reports, and on ROIs with the teacher): beside it
     for s in ("parse_reports", "embed_teacher"):
         out[f"{s}_hours"] = project({s: big[s]["core_images_s"]})["total_hours"]

@@ -29,12 +29,17 @@ STAGE = "model_inputs"
 
 
 def run(normalized: str | Path, out: str | Path, size: int, interpolation: str = "bilinear") -> dict:
-    from ..models import resize
-
     with Shard(normalized) as n:
         ids, images = n.image_ids, as_uint8(n.f["image"][()])
     full = images.shape[-1]
-    small = resize(images, size, interpolation)
+    if interpolation == "bilinear":  # models.resize's own bilinear path, without importing open_clip for it
+        from ..data import resize
+
+        small = resize(images, size)
+    else:
+        from ..models import resize
+
+        small = resize(images, size, interpolation)
     # the config of a bilinear shard is as before (size only), so existing shards stay valid
     config = {"size": size} if interpolation == "bilinear" else {"size": size, "interpolation": interpolation}
     with ShardWriter(out, stage=STAGE, stage_version=STAGE_VERSIONS[STAGE], config=config, image_id=ids,

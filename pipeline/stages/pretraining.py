@@ -39,10 +39,6 @@ STAGE = "pretraining"
 VALIDATE_EVERY = 10  # film i validates when i % 10 == 9
 
 
-def shard_count(cfg: dict) -> int:
-    return -(-cfg["films"] // cfg["shard_size"])
-
-
 def film(cfg: dict, index: int, size: int) -> dict:
     """Film `index` of the cohort: pixels at `size`, its report and labels; a pure function of (seed, index)."""
     rng = np.random.default_rng([cfg["seed"], index])

@@ -5,7 +5,6 @@ from pathlib import Path
 
 from pipeline import config as pipeline_config
 from pipeline import model_spec
-from pipeline.stages.pretraining import shard_count
 from pipeline.versions import STAGE_VERSIONS
 
 # Reject typos and wrong types before any job starts; fill defaults; coerce --config strings.
@@ -78,7 +77,7 @@ def pretraining_config():
 
 
 def pretraining_files(wildcards=None):
-    return expand("results/pretraining/shard-{shard}.h5", shard=[f"{k:05d}" for k in range(shard_count(config["pretraining"]))])
+    return expand("results/pretraining/shard-{shard}.h5", shard=[f"{k:05d}" for k in range(pipeline_config.pretraining_shards(config["pretraining"]))])
 
 
 def teacher_fit_inputs(wildcards):
