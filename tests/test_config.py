@@ -104,3 +104,21 @@ def test_the_workflow_refuses_an_unknown_run_target_and_a_bad_value_before_any_j
     proc = run_snakemake(tmp_path, "-n", "train", "--config", "normalize={percentile: [99, 1]}", check=False)
     assert proc.returncode != 0 and "normalize.percentile" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
+
+
+def test_the_workflow_plans_without_importing_torch_or_spacy():
+    """The Snakefile's own imports (common.smk) stay light: every snakemake call, a dry run too, pays them."""
+    import re
+    import subprocess
+    import sys
+
+    common = (config.ROOT / "workflow" / "rules" / "common.smk").read_text()
+    imports = "\n".join(line for line in common.splitlines() if re.match(r"(from|import) ", line))
+    code = imports + "\nimport sys\nprint(sorted(m for m in ('torch', 'spacy', 'open_clip') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=config.ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    # the schema is parsed once per process, and each caller gets its own copy
+    a = config.load_schema()
+    a["properties"].clear()
+    assert config.load_schema()["properties"]
