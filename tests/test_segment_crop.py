@@ -135,12 +135,30 @@ def test_external_weights_load_from_a_path(tmp_path, seg_cfg):
     torch.save(model.state_dict(), tmp_path / "bare.pt")  # a plain state dict
     torch.save({"state_dict": model.state_dict(), "config": seg_cfg}, tmp_path / "ckpt.pt")
     x = torch.rand(1, 1, 64, 64)
+    close = dict(atol=1e-4, rtol=1e-4)  # the loaded model runs channels-last: the same sums in another order
     for name in ("bare.pt", "ckpt.pt"):
         loaded = segment.load_unet(tmp_path / name, {**seg_cfg, "decoder_channels": seg_cfg["decoder_channels"]})
-        assert torch.allclose(loaded(x), model.eval()(x))
+        assert torch.allclose(loaded(x), model.eval()(x), **close)
     # a checkpoint's own architecture wins over the config's
     other = segment.load_unet(tmp_path / "ckpt.pt", {**seg_cfg, "decoder_channels": [64, 32, 16, 16, 8]})
-    assert torch.allclose(other(x), model.eval()(x))
+    assert torch.allclose(other(x), model.eval()(x), **close)
+
+
+def test_inference_runs_channels_last_and_gives_the_plain_layouts_masks(tmp_path, seg_cfg):
+    torch.manual_seed(0)
+    model = segment.build_unet(seg_cfg).eval()
+    torch.save(model.state_dict(), tmp_path / "unet.pt")
+    loaded = segment.load_unet(tmp_path / "unet.pt", seg_cfg)
+    conv = next(m for m in loaded.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    images = np.random.default_rng(0).integers(0, 256, (20, 128, 128), dtype=np.uint8)
+    with torch.no_grad():  # the NCHW reference, thresholded at the images' size as predict does
+        logits = model(segment.to_input(images, seg_cfg["input_size"]))
+        plain = torch.sigmoid(torch.nn.functional.interpolate(logits, size=(128, 128), mode="bilinear")) > 0.5
+    masks = segment.predict(loaded, images, seg_cfg["input_size"])
+    assert masks.shape == (20, 3, 128, 128)
+    # the two layouts sum in another order: at most a pixel in 100,000 may sit on the other side of 0.5
+    assert (masks != plain.numpy()).mean() < 1e-5
 
 
 def test_clean_lungs_keeps_the_largest_piece_and_fills_holes():

@@ -37,6 +37,8 @@ def load_unet(path: str | Path, cfg: dict) -> torch.nn.Module:
     """Load weights from a local file: our checkpoint ({"state_dict", "config", ...}) or a bare state dict.
 
     A checkpoint's own encoder and decoder settings win over `cfg`, so a model trained elsewhere loads as built.
+    The weights are laid out channels-last, as `predict` feeds its batches: oneDNN's convolutions run about 1.6x
+    faster that way on CPU (`python -m pipeline bench segment`).
     """
     blob = torch.load(path, map_location="cpu", weights_only=True)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
@@ -44,7 +46,7 @@ def load_unet(path: str | Path, cfg: dict) -> torch.nn.Module:
                       if isinstance(blob, dict) and k in blob.get("config", {})}}
     model = build_unet(arch)
     model.load_state_dict(state)
-    return model.eval()
+    return model.to(memory_format=torch.channels_last).eval()
 
 
 def to_input(images: np.ndarray, input_size: int) -> torch.Tensor:
@@ -62,7 +64,8 @@ def predict(model: torch.nn.Module, images: np.ndarray, input_size: int, thresho
     size = images.shape[-1]
     out = np.zeros((len(images), len(CLASSES), size, size), dtype=bool)
     for i in progress(range(0, len(images), batch_size), desc="segment", log=log, unit="batches"):
-        logits = model(to_input(images[i : i + batch_size], input_size))
+        x = to_input(images[i : i + batch_size], input_size).contiguous(memory_format=torch.channels_last)
+        logits = model(x)
         logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
         out[i : i + batch_size] = (torch.sigmoid(logits) > threshold).numpy()
     return out
