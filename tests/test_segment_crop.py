@@ -184,7 +184,8 @@ def test_train_segmenter_writes_a_loadable_checkpoint_and_dice(tmp_path, seg_cfg
     assert len(saved["loss"]) == 3 and saved["loss"][-1] < saved["loss"][0]
     reloaded = segment.load_unet(tmp_path / "unet.pt", seg_cfg)
     x = torch.rand(2, 1, 64, 64)
-    assert torch.allclose(reloaded(x), model.eval()(x))
+    # load_unet returns channels-last weights: the same function up to float rounding of the other layout
+    assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
 
 
 def test_dice():
