@@ -12,6 +12,9 @@ from pipeline.shards import Shard, ShardWriter, check
 from pipeline.stages import crop, segment, train_segmenter
 from pipeline.stages.normalize import to_original
 
+# load_unet returns channels-last weights: the trained (plain-layout) function up to the other summation order
+CHANNELS_LAST_CLOSE = dict(atol=1e-4, rtol=1e-4)
+
 
 @pytest.fixture
 def crop_cfg():
@@ -135,13 +138,12 @@ def test_external_weights_load_from_a_path(tmp_path, seg_cfg):
     torch.save(model.state_dict(), tmp_path / "bare.pt")  # a plain state dict
     torch.save({"state_dict": model.state_dict(), "config": seg_cfg}, tmp_path / "ckpt.pt")
     x = torch.rand(1, 1, 64, 64)
-    close = dict(atol=1e-4, rtol=1e-4)  # the loaded model runs channels-last: the same sums in another order
     for name in ("bare.pt", "ckpt.pt"):
         loaded = segment.load_unet(tmp_path / name, {**seg_cfg, "decoder_channels": seg_cfg["decoder_channels"]})
-        assert torch.allclose(loaded(x), model.eval()(x), **close)
+        assert torch.allclose(loaded(x), model.eval()(x), **CHANNELS_LAST_CLOSE)
     # a checkpoint's own architecture wins over the config's
     other = segment.load_unet(tmp_path / "ckpt.pt", {**seg_cfg, "decoder_channels": [64, 32, 16, 16, 8]})
-    assert torch.allclose(other(x), model.eval()(x), **close)
+    assert torch.allclose(other(x), model.eval()(x), **CHANNELS_LAST_CLOSE)
 
 
 def test_inference_runs_channels_last_and_gives_the_plain_layouts_masks(tmp_path, seg_cfg):
@@ -184,8 +186,7 @@ def test_train_segmenter_writes_a_loadable_checkpoint_and_dice(tmp_path, seg_cfg
     assert len(saved["loss"]) == 3 and saved["loss"][-1] < saved["loss"][0]
     reloaded = segment.load_unet(tmp_path / "unet.pt", seg_cfg)
     x = torch.rand(2, 1, 64, 64)
-    # load_unet returns channels-last weights: the same function up to float rounding of the other layout
-    assert torch.allclose(reloaded(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+    assert torch.allclose(reloaded(x), model.eval()(x), **CHANNELS_LAST_CLOSE)
 
 
 def test_dice():
