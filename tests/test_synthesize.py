@@ -10,7 +10,7 @@ from scipy import ndimage
 from pipeline import config
 from pipeline.labels import OBSERVATIONS
 from pipeline.stages import ingest, synthesize
-from pipeline.synthetic.anatomy import CNR_RANGES, LESION_FINDINGS, Thorax, render_frontal
+from pipeline.synthetic.anatomy import CNR_RANGES, LESION_FINDINGS, Thorax, expose, render_frontal
 
 
 def tiny_cfg(**over):
@@ -202,6 +202,31 @@ def test_the_same_seed_draws_the_same_film():
     a = render_frontal(Thorax(np.random.default_rng(3)), np.random.default_rng(4), 128, ["nodule", "pleural_effusion"])
     b = render_frontal(Thorax(np.random.default_rng(3)), np.random.default_rng(4), 128, ["nodule", "pleural_effusion"])
     assert np.array_equal(a.density, b.density) and [f.box for f in a.findings] == [f.box for f in b.findings]
+
+
+def _binned(img, k):
+    rows, cols = img.shape[0] // k * k, img.shape[1] // k * k
+    return img[:rows, :cols].reshape(rows // k, k, cols // k, k).mean((1, 3))
+
+
+def test_a_film_drawn_small_looks_like_the_detector_sized_film_binned():
+    """The pretraining cohort is drawn at 128 rows, the target cohort at 512 and resampled: noise per pixel and
+    the thin device line must not depend on the size a film is drawn at (a line of a fixed pixel width was four
+    times as strong at 128 rows, and the pixel noise twice the binned film's)."""
+    flat = np.full((512, 512), 0.5, np.float32)
+    big = _binned(expose(flat, np.random.default_rng(1), 12, "MONOCHROME2", 0.01).astype(np.float32), 4)
+    small = expose(flat[:128, :128], np.random.default_rng(1), 12, "MONOCHROME2", 0.01).astype(np.float32)
+    centre = np.s_[32:96, 32:96]  # away from the heel effect's ramp and the burnt-in marker
+    big_noise, small_noise = (ndimage.gaussian_laplace(x, 1)[centre].std() for x in (big, small))
+    assert small_noise == pytest.approx(big_noise, rel=0.25)
+    for seed in range(3):
+        added = {}
+        for rows in (128, 512):
+            thorax = Thorax(np.random.default_rng(seed))
+            base = render_frontal(thorax, np.random.default_rng(50 + seed), rows, [])
+            rad = render_frontal(thorax, np.random.default_rng(50 + seed), rows, ["support_devices"])
+            added[rows] = (rad.density - base.density).sum() / rows**2  # attenuation per unit film area
+        assert added[128] == pytest.approx(added[512], rel=0.15)
 
 
 def test_montage_compare_shows_real_films_beside_synthetic_ones(tree, tmp_path):

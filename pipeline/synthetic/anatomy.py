@@ -12,6 +12,11 @@ supine film, a pneumothorax along the apex and the lateral wall, opacities in a 
 soft edge and a contrast set by a contrast-to-noise ratio (CNR) drawn from `CNR_RANGES`: the mean change
 of attenuation over the finding's mask divided by the detector noise (`Film.noise`, the standard deviation
 of the quantum noise `expose` adds). Each keeps the mask of the pixels it visibly changed.
+
+Pixel sizes: noise, blur, CNR and thin structures (device lines, the pleural line, burnt-in text) are set per
+pixel of a detector of `DETECTOR_ROWS` rows. A film drawn at fewer rows is that detector's image binned: its
+pixel noise falls with the bin's side and a line thinner than a pixel adds its partial volume, so a film drawn
+small and one drawn at full size and resampled down look alike (the pretraining cohort is drawn small).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ..geometry import mask_box
 
 SIDES = ("right", "left")  # patient's side; right lung is on the image's left
 ZONES = ("upper", "middle", "lower")
+DETECTOR_ROWS = 512  # native rows of the simulated detector: the pixel that noise and CNR refer to
 LESION_FINDINGS = ("pleural_effusion", "pneumothorax", "consolidation", "nodule", "mass", "atelectasis", "edema")
 
 # CNR = mean attenuation change over the finding's mask / detector noise sigma. Ranges from the literature
@@ -383,7 +389,7 @@ def _draw_finding(rad: Film, kind: str, ctx: dict) -> Finding | None:
         line = (mask & ndimage.binary_dilation(inner, iterations=1)).astype(np.float32)
         gone = -ctx["markings"] * mask  # no lung, no vessels beyond the pleural line
         rim = mask & (line == 0)
-        line_amp = 3.0 * noise
+        line_amp = 3.0 * noise * min(1.0, X.shape[0] / DETECTOR_ROWS)  # a line one detector pixel thick
         # extra lucency (less lung tissue overlapping) so the mean change over the mask is -cnr * noise
         need = cnr * noise + float((gone + line_amp * line)[mask].mean())
         lucency = max(0.0, need / max(float(rim[mask].mean()), 1e-6))
@@ -443,15 +449,16 @@ def _draw_finding(rad: Film, kind: str, ctx: dict) -> Finding | None:
             xs0, ys0, xs1, ys1 = ctx["cx"], 0.0, ctx["cx"], 0.2 + rng.uniform(0, 0.04)
         else:
             xs0, ys0, xs1, ys1 = ctx["cx"] - 0.12, 0.02, ctx["cx"] - 0.015, 0.34 + rng.uniform(0, 0.05)
-        n = 200
-        ts = np.linspace(0, 1, n)
-        line = np.zeros(X.shape, bool)
-        rr = np.clip(((ys0 + (ys1 - ys0) * ts) / px).astype(int), 0, X.shape[0] - 1)
-        cc = np.clip(((xs0 + (xs1 - xs0) * ts ** 0.7) / px).astype(int), 0, X.shape[1] - 1)
+        # three detector pixels wide: drawn on the detector's grid, then binned to the film's (partial volume)
+        k = max(1, round(DETECTOR_ROWS / X.shape[0]))
+        ts = np.linspace(0, 1, 200 * k)
+        line = np.zeros((X.shape[0] * k, X.shape[1] * k), bool)
+        rr = np.clip(((ys0 + (ys1 - ys0) * ts) / px * k).astype(int), 0, line.shape[0] - 1)
+        cc = np.clip(((xs0 + (xs1 - xs0) * ts ** 0.7) / px * k).astype(int), 0, line.shape[1] - 1)
         line[rr, cc] = True
-        line = ndimage.binary_dilation(line, iterations=1)
-        rad.density = np.where(line, rad.density + 0.3, rad.density)
-        return Finding(kind, "right" if detail != "endotracheal tube" else "", "", "", mask=line, detail=detail)
+        cover = ndimage.binary_dilation(line, iterations=1).reshape(X.shape[0], k, X.shape[1], k).mean((1, 3))
+        rad.density = rad.density + np.float32(0.3) * cover.astype(np.float32)
+        return Finding(kind, "right" if detail != "endotracheal tube" else "", "", "", mask=cover > 0, detail=detail)
     else:
         raise ValueError(f"unknown finding {kind}")
     if not mask.any():
@@ -482,7 +489,8 @@ MARKERS = ("L", "R", "PORTABLE", "AP", "UPRIGHT", "SUPINE")
 def _burn_in(img: np.ndarray, rng: np.random.Generator, value: float) -> np.ndarray:
     """Burnt-in annotations: a side marker in an upper corner and sometimes a line of text."""
     rows, cols = img.shape
-    canvas = Image.new("L", (cols // 2, rows // 2), 0)  # markers a few percent of the film, as on real ones
+    # drawn at half the detector's size, so markers are a few percent of the film at any size, as on real ones
+    canvas = Image.new("L", (round(cols * DETECTOR_ROWS / rows) // 2, DETECTOR_ROWS // 2), 0)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     letter = "L" if rng.random() < 0.85 else "R"
@@ -498,11 +506,11 @@ def _burn_in(img: np.ndarray, rng: np.random.Generator, value: float) -> np.ndar
 
 def expose(density: np.ndarray, rng: np.random.Generator, bits: int, photometric: str,
            noise: float | None = None) -> np.ndarray:
-    """Detector image: scatter, heel effect, blur, spatially correlated quantum noise of sigma `noise`
-    (drawn when None), sometimes grid lines and burnt-in text; stored values in [0, 2^bits - 1]
-    (MONOCHROME1 inverted)."""
+    """Detector image: scatter, heel effect, blur, spatially correlated quantum noise of sigma `noise` per
+    detector pixel (drawn when None), sometimes grid lines and burnt-in text; stored values in [0, 2^bits - 1]
+    (MONOCHROME1 inverted). A film of fewer rows than the detector's is its binned image."""
     rows, cols = density.shape
-    img = ndimage.gaussian_filter(density, rng.uniform(0.5, 1.2))
+    img = ndimage.gaussian_filter(density, rng.uniform(0.5, 1.2) * rows / DETECTOR_ROWS)  # in detector pixels
     # scatter: a broad haze that lowers contrast; heel effect: exposure falls off along the tube axis
     wide = ndimage.uniform_filter(ndimage.uniform_filter(img, rows // 8), rows // 8)
     img = img * (1 - (s := rng.uniform(0.05, 0.25))) + s * wide
@@ -512,8 +520,12 @@ def expose(density: np.ndarray, rng: np.random.Generator, bits: int, photometric
     img = img - rng.uniform(0.3, 0.6) * (ndimage.gaussian_filter(img, rows / 16) - img.mean())
     img = img * rng.uniform(0.85, 1.1) + rng.uniform(-0.03, 0.03)
     sigma = float(rng.uniform(0.006, 0.02)) if noise is None else noise
-    grain = ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 0.6)
-    img = img + grain * (sigma / (grain.std() + 1e-9))
+    # the grain is the detector's: drawn on its grid and binned to the film's, so a small film has the noise of
+    # a big one resampled (correlated grain falls by less than the bin's side)
+    k = max(1, round(DETECTOR_ROWS / rows))
+    grain = ndimage.gaussian_filter(rng.standard_normal((rows * k, cols * k)).astype(np.float32), 0.6)
+    grain = (grain * (sigma / (grain.std() + 1e-9))).reshape(rows, k, cols, k).mean((1, 3))
+    img = img + grain
     if rng.random() < 0.2:  # an anti-scatter grid's lines
         img = img + 0.004 * np.sin(np.arange(cols, dtype=np.float32) * rng.uniform(1.5, 2.8))[None, :]
     img = _burn_in(img, rng, float(np.percentile(img, 99.9)) + 0.1)
