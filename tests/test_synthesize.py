@@ -212,7 +212,7 @@ def _binned(img, k):
 def test_a_film_drawn_small_looks_like_the_detector_sized_film_binned():
     """The pretraining cohort is drawn at 128 rows, the target cohort at 512 and resampled: noise per pixel and
     the thin device line must not depend on the size a film is drawn at (a line of a fixed pixel width was four
-    times as strong at 128 rows, and the pixel noise twice the binned film's)."""
+    times as strong at 128 rows, and its fine-scale noise 2.6 times the binned film's)."""
     flat = np.full((512, 512), 0.5, np.float32)
     big = _binned(expose(flat, np.random.default_rng(1), 12, "MONOCHROME2", 0.01).astype(np.float32), 4)
     small = expose(flat[:128, :128], np.random.default_rng(1), 12, "MONOCHROME2", 0.01).astype(np.float32)

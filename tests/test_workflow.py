@@ -34,7 +34,7 @@ def test_lint_is_clean():
 def test_dry_run_of_default_config(tmp_path):
     out = run_snakemake(tmp_path, "-n", configfile=None).stdout
     # per-shard jobs appear once the ingest checkpoint has run; train_run: 5 runs + student@1, @2, global_only@1, @2
-    # the pretraining cohort's shards are known before ingest: 6000 films in shards of 500
+    # the pretraining cohort's shards are known before ingest: 12000 films in shards of 500
     assert jobs(out) == {"synthesize": 1, "pretraining": 24, "ingest": 1, "fit_teacher": 1, "embed_concepts": 1,
                          "train_run": 9, "evaluate": 1, "visualize": 1, "all": 1}
     assert not (tmp_path / "results").exists()

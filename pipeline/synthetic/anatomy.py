@@ -16,7 +16,9 @@ of the quantum noise `expose` adds). Each keeps the mask of the pixels it visibl
 Pixel sizes: noise, blur, CNR and thin structures (device lines, the pleural line, burnt-in text) are set per
 pixel of a detector of `DETECTOR_ROWS` rows. A film drawn at fewer rows is that detector's image binned: its
 pixel noise falls with the bin's side and a line thinner than a pixel adds its partial volume, so a film drawn
-small and one drawn at full size and resampled down look alike (the pretraining cohort is drawn small).
+small and one drawn at full size and resampled down look alike (the pretraining cohort is drawn small). Rows that
+divide DETECTOR_ROWS bin exactly; at other sizes grain and lines bin by the nearest whole factor, blur and the
+pleural line scale by the exact ratio.
 """
 
 from __future__ import annotations
