@@ -75,6 +75,11 @@ def usable_threads(requested: int) -> int:
     return max(1, min(int(requested), len(os.sched_getaffinity(0))))
 
 
+def spare_cores(threads: int) -> int:
+    """Cores this process may run on that `threads` compute threads leave free (for DataLoader workers)."""
+    return max(0, len(os.sched_getaffinity(0)) - int(threads))
+
+
 def setup_logging(log_path: str | Path | None = None, level: int = logging.INFO, append: bool = False
                   ) -> logging.Logger:
     """Log to `log_path` (Snakemake's `log:` file) and stderr; no timestamps, so logs diff cleanly."""

@@ -123,6 +123,23 @@ def test_streaming_training_is_bit_identical_to_the_in_memory_path(mask_set, nor
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.parametrize("cores, threads, workers", [(2, 2, 0), (4, 2, 2), (3, 2, 1), (16, 8, 2)])
+def test_workers_run_only_on_cores_the_training_threads_leave_free(mask_set, norm_cfg, tmp_path, monkeypatch,
+                                                                    cores, threads, workers):
+    # a worker on a core the training's threads use preempts one of them and every step waits for it
+    sources, ingested = mask_set
+    monkeypatch.setattr("os.sched_getaffinity", lambda _: set(range(cores)))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # this process keeps its own thread count
+    asked = []
+    real_loader = ts._loader
+    monkeypatch.setattr(ts, "_loader", lambda data, bs, w, *a: asked.append(w) or real_loader(data, bs, 0, *a))
+    cfg = {**config.load()["segment"], "input_size": 64, "decoder_channels": [16, 16, 8, 8, 8], "min_steps": 0,
+           "epochs": 1, "batch_size": 3, "num_workers": 2}
+    ts.train({"train": ts.real_datasets(sources, ingested, norm_cfg, FRACTIONS, tmp_path / "unpacked")["train"]},
+             cfg, threads=threads, max_steps=1)
+    assert asked == [workers]
+
+
 def preprocess_like_chexmask(mask):
     """CheXmask's preparation, written here from its description: pad to a square, centred, resize to 1024."""
     h, w = mask.shape

@@ -131,8 +131,14 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
             print(f"  {name:>11}: {m['rows']} rows ({m['train_images']} train), indexed in {m['prepare_s']:.1f} s: "
                   f"peak RSS {m['peak_rss_mb']:.0f} MB (largest worker {m['worker_peak_rss_mb']:.0f} MB), "
                   f"{m['samples_s']:.1f} samples/s")
-        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x, workers {res['worker_rss_ratio']:.3f}x (target <= 1.15); "
-              f"streaming / in-memory samples/s at N: {res['speed_ratio']:.2f}x (target >= 0.9)")
+        speeds = res["samples_s"]
+        print(f"  samples/s at N, {res['repeats']} runs each in turns: streaming "
+              f"{', '.join(f'{v:.1f}' for v in speeds['streaming'])}; in memory "
+              f"{', '.join(f'{v:.1f}' for v in speeds['in_memory'])}")
+        workers = (f"workers {res['worker_rss_ratio']:.3f}x" if res["N"]["worker_peak_rss_mb"] else
+                   "no workers: no core spare, read in the training process")
+        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x, {workers} (target <= 1.15); "
+              f"streaming / in-memory samples/s at N (means): {res['speed_ratio']:.2f}x (target >= 0.9)")
         return res
     if stage == "normalize":
         res = bench_normalize(n or 24, size or 2048)

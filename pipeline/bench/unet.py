@@ -2,10 +2,11 @@
 
 A CheXmask-format table (MIMIC-CXR-JPG columns, original-resolution RLE) of N and 10N rows joined to normalize
 shards of as many images. Rows repeat a few rendered films under new ids, so building 20,000 rows takes a minute.
-Each size trains the same U-Net for the same steps in a fresh process, streaming (`real_datasets`: DataLoader
-workers read a row's pixels from the shard and decode its RLE per batch); the old in-memory path (every image and
-mask decoded and stacked first, `real_examples`) trains at N for comparison. Printed: peak RSS of the training
-process and of its largest worker, and samples/s (the first step, worker start-up, not timed).
+Each size trains the same U-Net for the same steps in a fresh process, streaming (`real_datasets`: a row's pixels
+read from the shard and its RLE decoded per batch, in DataLoader workers where cores are spare); the old in-memory
+path (every image and mask decoded and stacked first, `real_examples`) trains at N for comparison, in turns with
+the streaming path. Printed: peak RSS of the training process and of its largest worker, and samples/s (the first
+step, worker start-up, not timed).
 """
 
 from __future__ import annotations
@@ -98,20 +99,28 @@ def _run_child(folder: Path, steps: int, in_memory: bool, size: int) -> dict:
     return run_child(f"pipeline.bench.unet.child({str(folder)!r}, {steps}, {in_memory}, {size})", "bench unet")
 
 
-def bench_unet(rows: int = 2000, steps: int = 40, films: int = 8, size: int | None = None,
+def bench_unet(rows: int = 2000, steps: int = 150, repeats: int = 3, films: int = 8, size: int | None = None,
                workdir: str | Path = "benchmarks/unet") -> dict:
+    """Peak RSS at N and 10N rows (streaming) and at N in memory; samples/s streaming / in-memory at N as the ratio
+    of the means of `repeats` runs each, taken in turns (run-to-run spread on 2 shared cores is about 10 %)."""
     size = size or config.load()["normalize"]["size"]
     workdir = Path(workdir).resolve()
     films_shard, masks_dir = render_films(workdir / f"films-{films}-{size}", films, size)
-    out = {"size": size, "input_size": config.load()["segment"]["input_size"], "steps": steps}
+    out = {"size": size, "input_size": config.load()["segment"]["input_size"], "steps": steps, "repeats": repeats}
     for name, n in (("N", rows), ("10N", 10 * rows)):
-        folder = workdir / f"{n}-rows-{size}"
         t0 = time.perf_counter()
-        write_chexmask_set(folder, n, films_shard, masks_dir)
+        write_chexmask_set(workdir / f"{n}-rows-{size}", n, films_shard, masks_dir)
         out[f"build_{name}_s"] = time.perf_counter() - t0
-        out[name] = _run_child(folder, steps, False, size)
-    out["in_memory_N"] = _run_child(workdir / f"{rows}-rows-{size}", steps, True, size)
+    small = workdir / f"{rows}-rows-{size}"
+    out["10N"] = _run_child(workdir / f"{10 * rows}-rows-{size}", steps, False, size)
+    runs = {False: [], True: []}
+    for _ in range(repeats):
+        for in_memory in (False, True):
+            runs[in_memory].append(_run_child(small, steps, in_memory, size))
+    out["N"], out["in_memory_N"] = runs[False][0], runs[True][0]
+    out["samples_s"] = {"streaming": [r["samples_s"] for r in runs[False]],
+                        "in_memory": [r["samples_s"] for r in runs[True]]}
     out["rss_ratio"] = out["10N"]["peak_rss_mb"] / out["N"]["peak_rss_mb"]
-    out["worker_rss_ratio"] = out["10N"]["worker_peak_rss_mb"] / out["N"]["worker_peak_rss_mb"]
-    out["speed_ratio"] = out["N"]["samples_s"] / out["in_memory_N"]["samples_s"]
+    out["worker_rss_ratio"] = out["10N"]["worker_peak_rss_mb"] / max(out["N"]["worker_peak_rss_mb"], 1.0)
+    out["speed_ratio"] = float(np.mean(out["samples_s"]["streaming"]) / np.mean(out["samples_s"]["in_memory"]))
     return out
