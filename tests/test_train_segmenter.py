@@ -123,7 +123,7 @@ def test_streaming_training_is_bit_identical_to_the_in_memory_path(mask_set, nor
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("cores, threads, workers", [(2, 2, 0), (4, 2, 2), (3, 2, 1), (16, 8, 2)])
+@pytest.mark.parametrize("cores, threads, workers", [(2, 2, 0), (2, 4, 0), (4, 2, 2), (3, 2, 1), (16, 8, 2)])
 def test_workers_run_only_on_cores_the_training_threads_leave_free(mask_set, norm_cfg, tmp_path, monkeypatch,
                                                                     cores, threads, workers):
     # a worker on a core the training's threads use preempts one of them and every step waits for it
@@ -135,9 +135,19 @@ def test_workers_run_only_on_cores_the_training_threads_leave_free(mask_set, nor
     monkeypatch.setattr(ts, "_loader", lambda data, bs, w, *a: asked.append(w) or real_loader(data, bs, 0, *a))
     cfg = {**config.load()["segment"], "input_size": 64, "decoder_channels": [16, 16, 8, 8, 8], "min_steps": 0,
            "epochs": 1, "batch_size": 3, "num_workers": 2}
-    ts.train({"train": ts.real_datasets(sources, ingested, norm_cfg, FRACTIONS, tmp_path / "unpacked")["train"]},
-             cfg, threads=threads, max_steps=1)
-    assert asked == [workers]
+    splits = ts.real_datasets(sources, ingested, norm_cfg, FRACTIONS, tmp_path / "unpacked")
+    _, metrics = ts.train({k: splits[k] for k in ("train", "validate")}, cfg, threads=threads, max_steps=1)
+    assert asked == [workers, workers] and metrics["num_workers"] == workers  # the training and validate loaders
+
+
+@pytest.mark.parametrize("side, size", [(256, 128), (256, 64), (128, 128), (240, 64), (64, 4)])
+def test_masks_downsample_as_the_area_mean_thresholded(side, size):
+    masks = np.random.default_rng(side + size).random((2, 3, side, side)) > 0.6
+    masks[0, 0, : side // 2] = True  # a solid half: block sums of 0 and of every pixel
+    expected = (torch.nn.functional.interpolate(torch.from_numpy(masks).float().reshape(-1, 1, side, side),
+                                                size=(size, size), mode="area") > 0.5).float()
+    np.testing.assert_array_equal(ts.downsample_masks(masks, size).numpy(), expected.reshape(2, 3, size, size).numpy())
+    np.testing.assert_array_equal(ts.downsample_masks(masks[0], size).numpy(), expected.reshape(2, 3, size, size)[0].numpy())
 
 
 def preprocess_like_chexmask(mask):

@@ -129,15 +129,16 @@ def run(stage: str, n: int | None = None, size: int | None = None, teacher_model
         for name in ("N", "10N", "in_memory_N"):
             m = res[name]
             print(f"  {name:>11}: {m['rows']} rows ({m['train_images']} train), indexed in {m['prepare_s']:.1f} s: "
-                  f"peak RSS {m['peak_rss_mb']:.0f} MB (largest worker {m['worker_peak_rss_mb']:.0f} MB), "
+                  f"peak RSS {m['peak_rss_mb']:.0f} MB ("
+                  + (f"{m['workers']} workers, largest child {m['worker_peak_rss_mb']:.0f} MB" if m["workers"] else
+                     "no workers: read in the training process") + "), "
                   f"{m['samples_s']:.1f} samples/s")
         speeds = res["samples_s"]
         print(f"  samples/s at N, {res['repeats']} runs each in turns: streaming "
               f"{', '.join(f'{v:.1f}' for v in speeds['streaming'])}; in memory "
               f"{', '.join(f'{v:.1f}' for v in speeds['in_memory'])}")
-        workers = (f"workers {res['worker_rss_ratio']:.3f}x" if res["N"]["worker_peak_rss_mb"] else
-                   "no workers: no core spare, read in the training process")
-        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x, {workers} (target <= 1.15); "
+        workers = f", largest child {res['worker_rss_ratio']:.3f}x" if "worker_rss_ratio" in res else ""
+        print(f"  peak RSS 10N / N: {res['rss_ratio']:.3f}x{workers} (target <= 1.15); "
               f"streaming / in-memory samples/s at N (means): {res['speed_ratio']:.2f}x (target >= 0.9)")
         return res
     if stage == "normalize":

@@ -11,8 +11,9 @@ Train-split images train, validate-split images give the Dice figures in `metric
 flips: they would turn a right lung into a left one.
 
 Streaming: an example is an index entry (a shard row or an image file, and its annotations); DataLoader
-workers read its pixels from the normalize shard and decode its masks (a CheXmask row's RLE, a mask file)
-per batch, so memory does not grow with the number of masks. The batch order, the augmentation and the
+workers (on cores the training threads leave free, else the training process) read its pixels from the
+normalize shard and decode its masks (a CheXmask row's RLE, a mask file) per batch, so memory does not grow
+with the number of masks. The batch order, the augmentation and the
 losses are those of the in-memory path (`real_examples`, arrays), which `train` still accepts.
 """
 
@@ -80,7 +81,7 @@ def synthetic_examples(shards: list[str | Path], masks_dir: str | Path) -> dict[
         for row, (split, image_id) in enumerate(zip(decode(shard.f["split"][()]), shard.image_ids)):
             if (Path(masks_dir) / f"{image_id}.png").exists():
                 by_split.setdefault(split, []).append((shard, row, image_id))
-        shard.close()  # each DataLoader worker opens its own handle
+        shard.close()  # each DataLoader worker (or the training process) opens its own handle when it reads
     return {k: SyntheticExamples(v, masks_dir) for k, v in by_split.items()}
 
 
@@ -434,9 +435,23 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
     log.info("encoder weights from %s: %d of %d tensors", path, len(loaded), len(own))
 
 
+def downsample_masks(masks: np.ndarray, size: int) -> torch.Tensor:
+    """(..., S, S) bool -> (..., size, size) float 0 / 1: area-downsampled and thresholded at 0.5, smoother targets
+    than nearest neighbour. A whole factor f sums f x f uint8 pixels (exactly the area mean > 0.5; about a third
+    of F.interpolate's time, which is a quarter of reading a training row)."""
+    f, rest = divmod(masks.shape[-1], size)
+    if rest or masks.shape[-2] != masks.shape[-1] or f * f > 255:
+        m = torch.from_numpy(masks).float()
+        return (F.interpolate(m.reshape(-1, 1, *m.shape[-2:]), size=(size, size), mode="area") > 0.5
+                ).float().reshape(*masks.shape[:-2], size, size)
+    u = np.asarray(masks, bool).view(np.uint8)
+    total = sum(u[..., i::f, j::f] for i in range(f) for j in range(f))
+    return torch.from_numpy(2 * total.astype(np.uint16) > f * f).float()
+
+
 class TrainInputs(torch.utils.data.Dataset):
-    """Items at the U-Net's input size, made in the worker that reads them: (x (1, s, s), y (3, s, s) float,
-    known (3,), boxed). Masks are area-downsampled and thresholded: smoother targets than nearest neighbour."""
+    """Items at the U-Net's input size, made where they are read (a worker or the training process):
+    (x (1, s, s), y (3, s, s) float, known (3,), boxed); masks as `downsample_masks`."""
 
     def __init__(self, data: torch.utils.data.Dataset, input_size: int):
         self.data, self.input_size = data, input_size
@@ -447,7 +462,7 @@ class TrainInputs(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         image, masks, known, boxed = self.data[i]
         x = to_input(image[None], self.input_size)
-        y = (F.interpolate(torch.from_numpy(masks[None]).float(), size=x.shape[-2:], mode="area") > 0.5).float()
+        y = downsample_masks(masks[None], x.shape[-1])
         return x[0], y[0], torch.from_numpy(np.asarray(known, bool)), torch.tensor(bool(boxed))
 
 
@@ -456,7 +471,7 @@ class InMemoryInputs(torch.utils.data.Dataset):
 
     def __init__(self, data: ArrayExamples, input_size: int):
         self.x = to_input(data.images, input_size)  # (N, 1, s, s)
-        self.y = (F.interpolate(torch.from_numpy(data.masks).float(), size=self.x.shape[-2:], mode="area") > 0.5).float()
+        self.y = downsample_masks(data.masks, self.x.shape[-1])
         self.known, self.boxed = torch.from_numpy(data.known), torch.from_numpy(data.boxed)
 
     def __len__(self) -> int:
@@ -495,7 +510,7 @@ def train(examples: dict, cfg: dict, threads: int = 1, max_steps: int | None = N
     data = as_dataset(examples["train"])
     streaming = not isinstance(data, ArrayExamples)
     # workers only on cores the training's threads leave free: a worker on a busy core preempts a thread that every
-    # step then waits for (2 cores, 2 threads: with 2 workers 0.84-0.88x the in-memory path's samples/s, without 0.93-0.94x)
+    # step then waits for (2 cores, 2 threads: with 2 workers 0.84-0.88x the in-memory path's samples/s, without 0.90-0.94x)
     workers = min(cfg.get("num_workers", 2), spare_cores(threads)) if streaming else 0
     inputs = TrainInputs(data, cfg["input_size"]) if streaming else InMemoryInputs(data, cfg["input_size"])
     flags = data.has_flags
@@ -566,7 +581,8 @@ def train(examples: dict, cfg: dict, threads: int = 1, max_steps: int | None = N
         model.load_state_dict(best[2])
     elapsed = time.perf_counter() - (first_step_end or t0)
     metrics = {"train_seconds": time.perf_counter() - t0, "loss": history, "train_images": int(len(data)),
-               "epochs": epochs, "steps": steps, "samples_s": samples / elapsed if samples else float("nan")}
+               "epochs": epochs, "steps": steps, "samples_s": samples / elapsed if samples else float("nan"),
+               "num_workers": workers}
     if scores:
         metrics.update(validate_lung_dice=scores, best_epoch=best[1] + 1)
     if validate is not None:
