@@ -146,8 +146,9 @@ def test_masks_downsample_as_the_area_mean_thresholded(side, size):
     masks[0, 0, : side // 2] = True  # a solid half: block sums of 0 and of every pixel
     expected = (torch.nn.functional.interpolate(torch.from_numpy(masks).float().reshape(-1, 1, side, side),
                                                 size=(size, size), mode="area") > 0.5).float()
-    np.testing.assert_array_equal(ts.downsample_masks(masks, size).numpy(), expected.reshape(2, 3, size, size).numpy())
-    np.testing.assert_array_equal(ts.downsample_masks(masks[0], size).numpy(), expected.reshape(2, 3, size, size)[0].numpy())
+    expected = expected.reshape(2, 3, size, size).numpy()
+    np.testing.assert_array_equal(ts.downsample_masks(masks, size).numpy(), expected)
+    np.testing.assert_array_equal(ts.downsample_masks(masks[0], size).numpy(), expected[0])
 
 
 def preprocess_like_chexmask(mask):

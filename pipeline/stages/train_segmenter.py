@@ -438,7 +438,7 @@ def load_encoder_weights(model: torch.nn.Module, path: str | Path) -> None:
 def downsample_masks(masks: np.ndarray, size: int) -> torch.Tensor:
     """(..., S, S) bool -> (..., size, size) float 0 / 1: area-downsampled and thresholded at 0.5, smoother targets
     than nearest neighbour. A whole factor f sums f x f uint8 pixels (exactly the area mean > 0.5; about a third
-    of F.interpolate's time, which is a quarter of reading a training row)."""
+    of F.interpolate's time, which was a third of reading a training row)."""
     f, rest = divmod(masks.shape[-1], size)
     if rest or masks.shape[-2] != masks.shape[-1] or f * f > 255:
         m = torch.from_numpy(masks).float()
@@ -510,7 +510,8 @@ def train(examples: dict, cfg: dict, threads: int = 1, max_steps: int | None = N
     data = as_dataset(examples["train"])
     streaming = not isinstance(data, ArrayExamples)
     # workers only on cores the training's threads leave free: a worker on a busy core preempts a thread that every
-    # step then waits for (2 cores, 2 threads: with 2 workers 0.84-0.88x the in-memory path's samples/s, without 0.90-0.94x)
+    # step then waits for (2 cores, 2 threads: with 2 workers 0.84-0.88x the in-memory path's samples/s, without
+    # 0.90-0.94x)
     workers = min(cfg.get("num_workers", 2), spare_cores(threads)) if streaming else 0
     inputs = TrainInputs(data, cfg["input_size"]) if streaming else InMemoryInputs(data, cfg["input_size"])
     flags = data.has_flags
