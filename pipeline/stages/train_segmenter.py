@@ -13,8 +13,8 @@ flips: they would turn a right lung into a left one.
 Streaming: an example is an index entry (a shard row or an image file, and its annotations); DataLoader
 workers (on cores the training threads leave free, else the training process) read its pixels from the
 normalize shard and decode its masks (a CheXmask row's RLE, a mask file) per batch, so memory does not grow
-with the number of masks. The batch order, the augmentation and the
-losses are those of the in-memory path (`real_examples`, arrays), which `train` still accepts.
+with the number of masks. The batch order, the augmentation and the losses are those of the in-memory path
+(`real_examples`, arrays), which `train` still accepts.
 """
 
 from __future__ import annotations
