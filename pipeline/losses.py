@@ -12,6 +12,10 @@ slides' literal form.
     L_distill = KL(p_teacher(T | ROI_i) || p_student(T | ROI_i)),  p(T | r) = softmax_T(s(z_r, z_T) / tau)
     L_total   = alpha L_global + beta L_ROI + gamma L_neg + lambda L_distill
 
+The teacher's fit may add L_polarity (`teacher.polarity`, not on the slides): L_neg with the whole image for the
+ROI, a finding its report states for the phrase ("no cardiomegaly") and the opposite statement ("cardiomegaly")
+as the one hard negative, class-balanced; its gradient reaches the text tower only (see polarity_loss).
+
 Duplicate-aware (train.dedupe, default on): texts that are the same caption (equal `groups` ids, made from
 vocab.normalize_text) are not negatives of each other in L_global and L_ROI: j != i with group j == group i is
 left out of the denominator (masked), so two reports "No acute cardiopulmonary process." in a batch, a
@@ -79,6 +83,22 @@ def negative_caption_loss(roi: torch.Tensor, phrase: torch.Tensor, negatives: to
     return F.cross_entropy(logits, torch.zeros(len(roi), dtype=torch.long, device=roi.device), reduction=reduction)
 
 
+def polarity_loss(image: torch.Tensor, stated: torch.Tensor, opposite: torch.Tensor, classes: torch.Tensor,
+                  logit_scale: torch.Tensor) -> torch.Tensor:
+    """The teacher's polarity term: each image (N, D) against a finding its report states (N, D; "no cardiomegaly")
+    and the opposite statement (N, D; "cardiomegaly"), -log softmax of the two. Balanced over classes (N,) (one id
+    per finding and polarity: "cardiomegaly", "no cardiomegaly", ...): each class present weighs the same, so a
+    bias towards "no" (most stated findings are negations) gains nothing, nor does reading one finding off another
+    that is stated more often; only reading the image for that finding lowers it. It trains the text side only
+    (image and scale detached): free to move, the image side would take the shortcut of pushing every image towards
+    the same statements, which flattens the image space."""
+    if len(image) == 0:
+        return image.sum() * 0.0
+    margin = logit_scale.detach() * (image.detach() * (stated - opposite)).sum(-1)
+    per = F.softplus(-margin)  # -log softmax over (stated, opposite)
+    return torch.stack([per[classes == c].mean() for c in torch.unique(classes)]).mean()
+
+
 def distill_loss(student_roi: torch.Tensor, student_concepts: torch.Tensor, student_scale: torch.Tensor,
                  teacher_roi: torch.Tensor | None = None, teacher_concepts: torch.Tensor | None = None,
                  teacher_scale: torch.Tensor | float = 1.0, reduction: str = "mean",
@@ -99,15 +119,17 @@ class RegionAwareLoss(nn.Module):
     """L_total and its terms as a dict (open_clip's habit), so the trainer logs each term every step."""
 
     def __init__(self, alpha: float = 1.0, beta: float = 1.0, gamma: float = 1.0, lam: float = 0.4,
-                 symmetric: bool = True, reduction: str = "mean"):
+                 symmetric: bool = True, reduction: str = "mean", polarity: float = 0.0):
         super().__init__()
-        self.weights = {"global_loss": alpha, "roi_loss": beta, "neg_loss": gamma, "distill_loss": lam}
+        self.weights = {"global_loss": alpha, "roi_loss": beta, "neg_loss": gamma, "distill_loss": lam,
+                        "polarity_loss": polarity}
         self.symmetric, self.reduction = symmetric, reduction
 
     def forward(self, image_features, text_features, logit_scale, roi_features=None, phrase_features=None,
                 negative_features=None, negative_mask=None, concept_features=None, dist_roi_features=None,
                 dist_concept_features=None, dist_logit_scale=None, teacher_logits=None, report_groups=None,
-                phrase_groups=None) -> dict[str, torch.Tensor]:
+                phrase_groups=None, statement_image=None, statement_features=None, opposite_features=None,
+                statement_classes=None) -> dict[str, torch.Tensor]:
         r = self.reduction
         zero = image_features.sum() * 0.0
         terms = {"global_loss": global_loss(image_features, text_features, logit_scale, self.symmetric, r,
@@ -121,5 +143,8 @@ class RegionAwareLoss(nn.Module):
         terms["distill_loss"] = (distill_loss(roi_features, concept_features, logit_scale, dist_roi_features,
                                               dist_concept_features, dist_logit_scale, r, teacher_logits)
                                  if roi_features is not None and have_teacher else zero)
+        terms["polarity_loss"] = (polarity_loss(statement_image, statement_features, opposite_features[:, 0],
+                                                statement_classes, logit_scale)
+                                  if statement_features is not None else zero)
         terms["total_loss"] = sum(self.weights[k] * v for k, v in terms.items())
         return terms

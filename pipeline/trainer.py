@@ -39,6 +39,7 @@ from .config import config_sha256
 from .data import ImageReportPairs, RegionData, sentences
 from .io import atomic_path, progress, usable_threads
 from .losses import RegionAwareLoss
+from .labels import OBSERVATIONS, SAID, STATED, said
 from .vocab import mirror_text, normalize_text
 
 log = logging.getLogger("pipeline.trainer")
@@ -125,14 +126,22 @@ class GlobalBatches:
     negatives: "captions", reports are each other's negatives unless they are the same caption (dedupe); "labels",
     unless their study labels are the same (label_groups), so L_global contrasts reports that state different
     findings, which is what zero-shot classification asks of the base. A sentence caption is grouped by its
-    report's labels, so two equal sentences of reports with other findings stay each other's negatives."""
+    report's labels, so two equal sentences of reports with other findings stay each other's negatives.
+
+    polarity: each image also gets one finding its report states, drawn per (seed, step, example) from its study
+    labels, as a statement ("cardiomegaly" / "no cardiomegaly", labels.label_statement) with the statement of
+    the opposite label as its hard negative (L_polarity, NegCLIP's idea at the label level): whole reports differ in
+    many words at once, and a text tower fitted on them alone learns to read "no cardiomegaly" much like
+    "cardiomegaly"; this term rewards it only for telling the two apart in the image's direction. Images whose
+    report states no finding (all labels blank or uncertain) are left out of the term."""
 
     def __init__(self, pairs: ImageReportPairs, model_name: str, dedupe: bool = True, captions: str = "report",
-                 seed: int = 0, negatives: str = "captions"):
-        if negatives == "labels" and pairs.labels is None:
-            raise ValueError("negatives: labels needs the pairs' study labels")
+                 seed: int = 0, negatives: str = "captions", polarity: bool = False):
+        if (negatives == "labels" or polarity) and pairs.labels is None:
+            raise ValueError(f"{'negatives: labels' if negatives == 'labels' else 'polarity'} needs the pairs' "
+                             "study labels")
         self.pairs, self.dedupe, self.captions, self.seed = pairs, dedupe, captions, seed
-        self.negatives = negatives
+        self.negatives, self.polarity = negatives, polarity
         self.tok = models.tokenizer(model_name)
         self.spec, self.pad = models.input_spec(model_name), models.pad_id(model_name)
         self.sentences = [sentences(r) for r in pairs.reports] if captions == "sentences" else None
@@ -143,6 +152,18 @@ class GlobalBatches:
         rng = np.random.default_rng([self.seed, step, int(i), 3])
         own = self.sentences[i]
         return own[int(rng.integers(len(own)))] if rng.random() < 0.5 else self.pairs.reports[i]
+
+    def statement(self, i: int, step: int) -> tuple[str, str, int] | None:
+        """(the statement of one finding image i's report states, its opposite, its class: 2 x the finding's column,
+        + 1 where present), or None when the report states none."""
+        row = self.pairs.labels[i]
+        stated = [k for k in STATED if row[k] in (0.0, 1.0)]
+        if not stated:
+            return None
+        rng = np.random.default_rng([self.seed, step, int(i), 4])
+        k, form = stated[int(rng.integers(len(stated)))], int(rng.integers(len(SAID)))
+        name = OBSERVATIONS[k]
+        return said(name, row[k], form), said(name, 1.0 - row[k], form), 2 * k + int(row[k] == 1)
 
     def __len__(self) -> int:
         return len(self.pairs.image_id)
@@ -159,6 +180,12 @@ class GlobalBatches:
             batch["report_groups"] = label_groups(self.pairs.labels[idx])
         elif self.dedupe:
             batch["report_groups"] = caption_groups(reports)
+        if self.polarity:
+            drawn = [self.statement(i, step) for i in idx]
+            texts = [s[0] if s else "" for s in drawn] + [s[1] if s else "" for s in drawn]
+            batch["statements"] = _trim(self.tok(texts, context_length=SHORT_CONTEXT), self.pad)
+            batch["statement_mask"] = torch.tensor([s is not None for s in drawn], dtype=torch.bool)
+            batch["statement_classes"] = torch.tensor([s[2] if s else -1 for s in drawn], dtype=torch.long)
         return batch
 
 
@@ -252,6 +279,11 @@ class CLIPTrainStep(nn.Module):
         report = models.encode_text(clip, batch["report"])
         scale = clip.logit_scale.exp()
         groups = {k: batch[k] for k in ("report_groups", "phrase_groups") if k in batch}
+        if "statements" in batch:  # the teacher's polarity term: each image's stated finding against its opposite
+            encoded, keep = models.encode_text(clip, batch["statements"]), batch["statement_mask"]
+            true, opposite = encoded[: len(keep)][keep], encoded[len(keep) :][keep]
+            groups.update(statement_image=image[keep], statement_features=true, opposite_features=opposite[:, None],
+                          statement_classes=batch["statement_classes"][keep])
         if not has_rois:
             return self.loss(image, report, scale, **groups)
         r, k = batch["negative_mask"].shape
@@ -405,7 +437,7 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     clip = models.create(cfg["model"], pretrained=init).to(device)
     configure_memory(clip, cfg, device)
     loss_fn = RegionAwareLoss(cfg.get("alpha", 1.0), cfg.get("beta", 0.0), cfg.get("gamma", 0.0),
-                              cfg.get("lambda", 0.0), symmetric=cfg["symmetric"])
+                              cfg.get("lambda", 0.0), symmetric=cfg["symmetric"], polarity=cfg.get("polarity", 0.0))
     step_module = CLIPTrainStep(clip, loss_fn).to(device)
     net = nn.parallel.DistributedDataParallel(step_module, device_ids=[local_rank] if device.type == "cuda" else None
                                               ) if world > 1 else step_module
@@ -534,10 +566,29 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
 def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads: int = 1,
                stop_after: int | None = None, val_pairs: ImageReportPairs | None = None) -> dict:
     """The teacher: an image <-> report CLIP trained from scratch with L_global alone (early stopping on
-    `val_pairs`, see fit)."""
+    `val_pairs`, see fit).
+
+    With cfg["text_steps"] > 0 a second phase follows (locked-image tuning, as LiT): `text_steps` more steps from
+    the first phase's weights with the image tower frozen, L_polarity (each image's stated finding against its
+    opposite, GlobalBatches' polarity) plus `text_alpha` L_global at `text_lr`, so that the text side learns to read
+    "no" against image features that no longer move, and keeps reading reports; the first phase is kept in
+    out_dir/image_text/, and model.pt is the last step of the second (select: final). L_polarity from the first
+    step on, with the image tower free, kept the image side from learning the findings at all; a full-weight
+    L_global in the second phase turned the weakly learnt findings' prompts the wrong way (README, "The base")."""
+    out_dir = Path(out_dir)
     batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
                             cfg.get("negatives", "captions"))
     # validation always scores whole reports against every other caption: the selection criterion does not move
     # with the caption sampling or the negatives
     val = GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True)) if val_pairs is not None else None
-    return fit(batches, {**cfg, "alpha": 1.0}, out_dir, threads, stop_after=stop_after, val_batches=val)
+    text_steps = cfg.get("text_steps", 0)
+    first = fit(batches, {**cfg, "alpha": 1.0}, out_dir / "image_text" if text_steps else out_dir, threads,
+                stop_after=stop_after, val_batches=val)
+    if not text_steps or "stopped_at" in first:
+        return first
+    polar = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
+                          cfg.get("negatives", "captions"), polarity=True)
+    phase = {**cfg, "alpha": cfg["text_alpha"], "polarity": 1.0, "steps": text_steps, "lr": cfg["text_lr"],
+             "warmup_steps": max(1, text_steps // 15), "lock_image_groups": 0, "select": "final"}
+    second = fit(polar, phase, out_dir, threads, init=str(out_dir / "image_text" / "model.pt"), val_batches=val)
+    return {**second, "image_text": first}

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import models
-from pipeline.losses import (RegionAwareLoss, distill_loss, global_loss, negative_caption_loss, roi_loss)
+from pipeline.losses import (RegionAwareLoss, distill_loss, global_loss, negative_caption_loss, polarity_loss,
+                             roi_loss)
 
 T = torch.tensor
 
@@ -102,6 +103,37 @@ def test_total_is_the_weighted_sum_of_the_terms():
     assert all(out[k].item() > 0 for k in ("global_loss", "roi_loss", "neg_loss", "distill_loss"))
     only_global = RegionAwareLoss()(img, txt, T(10.0))
     assert only_global["roi_loss"].item() == 0 and only_global["total_loss"] == only_global["global_loss"]
+
+
+def test_the_polarity_term_is_l_neg_of_each_image_and_its_stated_finding():
+    g = torch.Generator().manual_seed(3)
+    f = lambda *s: unit(torch.randn(*s, generator=g))  # noqa: E731
+    img, txt, said, opposite = f(4, 8), f(4, 8), f(3, 8), f(3, 8)
+    classes = torch.tensor([3, 2, 2])  # image 0's statement says cardiomegaly, 1 and 2 "no cardiomegaly"
+    out = RegionAwareLoss(polarity=0.5)(img, txt, T(10.0), statement_image=img[:3], statement_features=said,
+                                        opposite_features=opposite[:, None], statement_classes=classes)
+    # -log softmax over (the stated finding, its opposite), per image; the two classes weigh half each
+    s_true, s_opp = 10 * (img[:3] * said).sum(-1), 10 * (img[:3] * opposite).sum(-1)
+    per = [-torch.log_softmax(torch.stack([s_true[i], s_opp[i]]), 0)[0].item() for i in range(3)]
+    by_hand = (per[0] + (per[1] + per[2]) / 2) / 2
+    assert out["polarity_loss"].item() == pytest.approx(by_hand, rel=1e-6)
+    assert out["total_loss"].item() == pytest.approx(out["global_loss"].item() + 0.5 * by_hand, rel=1e-6)
+    assert RegionAwareLoss()(img, txt, T(10.0))["polarity_loss"].item() == 0  # no statements, no term
+    # a bias towards "no" gains nothing: every image nearer "no X" than "X" beats ln 2 on these two negations and
+    # one finding only unbalanced, never balanced
+    x, no = T([1.0, 0.0]), T([0.0, 1.0])
+    for lean in (0.02, 0.05, 0.1):  # a margin of 10 x 0.7 x lean, below the unbalanced optimum ln 2
+        same = unit(T([[1.0, 1.0 + lean]] * 3))
+        stated, opp = torch.stack([x, no, no]), torch.stack([no, x, x])
+        balanced = polarity_loss(same, stated, opp, classes, T(10.0)).item()
+        unbalanced = negative_caption_loss(same, stated, opp[:, None], torch.ones(3, 1, dtype=torch.bool), T(10.0))
+        assert unbalanced.item() < np.log(2) <= balanced
+    # it trains the text side only: no gradient reaches the image or the scale through it
+    image, scale, said = img[:3].clone().requires_grad_(), T(10.0).requires_grad_(), said.clone().requires_grad_()
+    RegionAwareLoss(alpha=0.0, polarity=1.0)(img, txt, scale, statement_image=image, statement_features=said,
+                                             opposite_features=opposite[:, None], statement_classes=classes
+                                             )["total_loss"].backward()
+    assert image.grad is None and said.grad.abs().sum() > 0
 
 
 def test_gradients_reach_both_towers_of_the_tiny_model():

@@ -11,6 +11,7 @@ import torch
 
 from pipeline import config
 from pipeline.data import ImageReportPairs
+from pipeline.labels import SAID, said
 from pipeline.trainer import GlobalBatches, batch_indices, fit, fit_global, lr_at
 
 
@@ -19,14 +20,18 @@ def pairs():
     rng = np.random.default_rng(0)
     texts = ["small left pleural effusion", "no pneumothorax", "right lower lobe opacity", "mild edema",
              "cardiomegaly", "normal chest", "left apical pneumothorax", "bibasilar atelectasis"]
+    labels = np.full((8, 14), np.nan, np.float32)  # what a labeler reads in these texts
+    for row, stated in enumerate([{9: 1}, {12: 0}, {7: 1}, {3: 1}, {1: 1}, {8: 1}, {12: 1}, {0: 1}]):
+        for k, v in stated.items():
+            labels[row, k] = v
     return ImageReportPairs([f"i{k}" for k in range(8)], rng.integers(0, 255, (8, 96, 96), dtype=np.uint8), texts,
-                            np.zeros(8, np.int64))
+                            np.zeros(8, np.int64), labels)
 
 
 @pytest.fixture
 def cfg():
     c = config.load()["teacher"]
-    c.update(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3)
+    c.update(steps=6, batch_size=4, warmup_steps=2, checkpoint_every=3, text_steps=0)  # the fit alone
     return c
 
 
@@ -225,7 +230,7 @@ def test_resume_under_another_thread_count_keeps_the_checkpoints(tmp_path, pairs
 def test_the_teacher_with_label_negatives_trains_on_labelled_pairs_only(tmp_path, pairs, cfg):
     cfg = {**cfg, "steps": 2, "batch_size": 8, "checkpoint_every": 10}
     with pytest.raises(ValueError, match="study labels"):
-        fit_global(pairs, {**cfg, "negatives": "labels"}, tmp_path / "unlabelled")
+        fit_global(replace(pairs, labels=None), {**cfg, "negatives": "labels"}, tmp_path / "unlabelled")
     labels = np.full((8, 14), np.nan, np.float32)
     labels[[0, 1, 2], 0] = 1.0  # three reports state the same finding: not each other's negatives
     fit_global(replace(pairs, labels=labels), {**cfg, "negatives": "labels"}, tmp_path / "labels")
@@ -233,3 +238,57 @@ def test_the_teacher_with_label_negatives_trains_on_labelled_pairs_only(tmp_path
     first = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])["global_loss"]
              for run in ("labels", "captions")]
     assert first[0] < first[1]  # the same weights and batch, fewer negatives
+
+
+def test_polarity_statements_say_a_stated_finding_and_its_opposite(pairs):
+    labels = np.full((3, 14), np.nan, np.float32)
+    labels[0, [1, 9, 12]] = [1.0, 0.0, -1.0]  # cardiomegaly; no effusion; uncertain pneumothorax (never drawn)
+    labels[1, 8] = 1.0  # No Finding alone: states no finding
+    labels[2, 12] = -1.0  # uncertain only
+    three = replace(pairs, image_id=pairs.image_id[:3], images=pairs.images[:3], reports=pairs.reports[:3],
+                    shard=pairs.shard[:3], labels=labels)
+    batches = GlobalBatches(three, "medclip-tiny", seed=5, polarity=True)
+    drawn = {batches.statement(0, step) for step in range(200)}
+    # cardiomegaly (column 1, class 3) said as present, pleural effusion (column 9, class 18) as absent, in each of
+    # the wordings, the opposite always in the same wording
+    assert drawn == ({(said("Cardiomegaly", 1.0, f), said("Cardiomegaly", 0.0, f), 3) for f in range(len(SAID))}
+                     | {(said("Pleural Effusion", 0.0, f), said("Pleural Effusion", 1.0, f), 18) for f in range(len(SAID))})
+    assert ("cardiomegaly seen", "cardiomegaly not seen", 3) in drawn and ("without pleural effusion", "with pleural "
+                                                                          "effusion", 18) in drawn
+    assert batches.statement(0, 7) == batches.statement(0, 7)  # a pure function of (seed, step, example)
+    assert batches.statement(1, 0) is None and batches.statement(2, 0) is None
+    batch = batches(np.arange(3), 0)
+    assert batch["statement_mask"].tolist() == [True, False, False]
+    assert batch["statement_classes"].tolist() == [batches.statement(0, 0)[2], -1, -1]
+    assert batch["statements"].shape[0] == 6  # the stated findings, then their opposites
+    with pytest.raises(ValueError, match="polarity needs the pairs' study labels"):
+        GlobalBatches(replace(pairs, labels=None), "medclip-tiny", polarity=True)
+
+
+def test_the_polarity_wordings_are_none_of_the_evaluation_prompts():
+    from pipeline.evaluation.zeroshot import NEGATIVE, POSITIVE
+    from pipeline.vocab import statement
+    trained = {said("Edema", v, f) for v in (0.0, 1.0) for f in range(len(SAID))}
+    assert len(trained) == 2 * len(SAID)
+    assert not trained & {t.format("edema") for t in POSITIVE + NEGATIVE}  # zero-shot prompts stay unseen
+    assert not trained & {statement("Edema", "", "", negated=n) for n in (False, True)}  # and the regional grammar
+    assert not any(t.startswith("there is") for t in trained)
+
+
+def test_the_text_phase_moves_the_text_tower_alone_and_trains_polarity(tmp_path, pairs, cfg):
+    cfg = {**cfg, "steps": 2, "batch_size": 8, "checkpoint_every": 10, "text_lr": 1e-3}
+    plain = fit_global(pairs, cfg, tmp_path / "plain")
+    result = fit_global(pairs, {**cfg, "text_steps": 3}, tmp_path / "text")
+    assert result["image_text"]["best_step"] == plain["best_step"]
+    first, before = (torch.load(tmp_path / run / "model.pt") for run in ("plain", "text/image_text"))
+    assert all(torch.equal(first[k], before[k]) for k in first)  # the first phase is the plain fit
+    after = torch.load(tmp_path / "text" / "model.pt")
+    image = [k for k in after if k.startswith("visual.")]
+    assert image and all(torch.equal(after[k], before[k]) for k in image)  # the image tower is locked
+    assert any(not torch.equal(after[k], before[k]) for k in after if k.startswith("transformer."))
+    records = [json.loads(line) for line in (tmp_path / "text" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["polarity_loss"] > 0 for r in records)
+    assert all(r["total_loss"] == pytest.approx(cfg["text_alpha"] * r["global_loss"] + r["polarity_loss"])
+               for r in records)
+    plain_records = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["polarity_loss"] == 0 for line in plain_records)
