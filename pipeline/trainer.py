@@ -37,7 +37,7 @@ import torch.nn as nn
 from . import models
 from .config import config_sha256
 from .data import ImageReportPairs, RegionData, sentences
-from .io import atomic_path, progress, usable_threads
+from .io import atomic_path, progress, sha256_file, usable_threads
 from .losses import RegionAwareLoss
 from .labels import OBSERVATIONS, SAID, STATED, said
 from .vocab import mirror_text, normalize_text
@@ -589,6 +589,8 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
     polar = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
                           cfg.get("negatives", "captions"), polarity=True)
     phase = {**cfg, "alpha": cfg["text_alpha"], "polarity": 1.0, "steps": text_steps, "lr": cfg["text_lr"],
-             "warmup_steps": max(1, text_steps // 15), "lock_image_groups": 0, "select": "final"}
+             "warmup_steps": max(1, text_steps // 15), "lock_image_groups": 0, "select": "final",
+             # its checkpoint resumes only from the same first phase (whose steps, lr... this dict overwrites)
+             "init_sha256": sha256_file(out_dir / "image_text" / "model.pt")}
     second = fit(polar, phase, out_dir, threads, init=str(out_dir / "image_text" / "model.pt"), val_batches=val)
     return {**second, "image_text": first}
