@@ -12,7 +12,7 @@ slides' literal form.
     L_distill = KL(p_teacher(T | ROI_i) || p_student(T | ROI_i)),  p(T | r) = softmax_T(s(z_r, z_T) / tau)
     L_total   = alpha L_global + beta L_ROI + gamma L_neg + lambda L_distill
 
-The teacher's fit may add L_polarity (`teacher.polarity`, not on the slides): L_neg with the whole image for the
+The teacher's text phase adds L_polarity (`teacher.text_steps`, not on the slides): L_neg with the whole image for the
 ROI, a finding its report states for the phrase ("no cardiomegaly") and the opposite statement ("cardiomegaly")
 as the one hard negative, class-balanced; its gradient reaches the text tower only (see polarity_loss).
 

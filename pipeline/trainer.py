@@ -129,7 +129,7 @@ class GlobalBatches:
     report's labels, so two equal sentences of reports with other findings stay each other's negatives.
 
     polarity: each image also gets one finding its report states, drawn per (seed, step, example) from its study
-    labels, as a statement ("cardiomegaly" / "no cardiomegaly", labels.label_statement) with the statement of
+    labels, as a statement in one of the wordings of labels.SAID ("without edema") with the statement of
     the opposite label as its hard negative (L_polarity, NegCLIP's idea at the label level): whole reports differ in
     many words at once, and a text tower fitted on them alone learns to read "no cardiomegaly" much like
     "cardiomegaly"; this term rewards it only for telling the two apart in the image's direction. Images whose
