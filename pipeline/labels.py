@@ -40,12 +40,6 @@ def derive_labels(mentions) -> dict[str, float]:
     return labels
 
 
-def label_statement(observation: str, value: float) -> str:
-    """One label in words: "pleural effusion" (1), "no pleural effusion" (0), "possible pleural effusion" (-1)."""
-    name = observation.lower()
-    return {1.0: name, 0.0: f"no {name}", -1.0: f"possible {name}"}[float(value)]
-
-
 # how a report says that a finding is there (1) or not (0), in pairs that differ only in that, for training the text
 # side (the teacher's polarity term). None is a zero-shot prompt of evaluation (evaluation.zeroshot) or the
 # grammar of its regional and robustness tests (vocab.statement), so zero-shot figures measure whether the
@@ -61,8 +55,16 @@ def said(observation: str, value: float, form: int) -> str:
 
 def label_prompts(labels: dict[str, float]) -> list[str]:
     """The label level of the text units: "pleural effusion", "no pneumothorax", "possible edema"."""
-    return [label_statement(o, labels[o]) for o in OBSERVATIONS
-            if labels.get(o) in (1.0, -1.0) or (labels.get(o) == 0.0 and o != "No Finding")]
+    out = []
+    for o in OBSERVATIONS:
+        v = labels.get(o)
+        if v == 1.0:
+            out.append(o.lower())
+        elif v == 0.0 and o != "No Finding":
+            out.append(f"no {o.lower()}")
+        elif v == -1.0:
+            out.append(f"possible {o.lower()}")
+    return out
 
 
 STATED = [k for k, o in enumerate(OBSERVATIONS) if o != "No Finding"]  # columns a report states as present or absent

@@ -582,12 +582,13 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
     # with the caption sampling or the negatives
     val = GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True)) if val_pairs is not None else None
     text_steps = cfg.get("text_steps", 0)
+    # built before the first phase, so pairs without study labels are refused before an hour of fitting, not after
+    polar = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
+                          cfg.get("negatives", "captions"), polarity=True) if text_steps else None
     first = fit(batches, {**cfg, "alpha": 1.0}, out_dir / "image_text" if text_steps else out_dir, threads,
                 stop_after=stop_after, val_batches=val)
     if not text_steps or "stopped_at" in first:
         return first
-    polar = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
-                          cfg.get("negatives", "captions"), polarity=True)
     phase = {**cfg, "alpha": cfg["text_alpha"], "polarity": 1.0, "steps": text_steps, "lr": cfg["text_lr"],
              "warmup_steps": max(1, text_steps // 15), "lock_image_groups": 0, "select": "final",
              # its checkpoint resumes only from the same first phase (whose steps, lr... this dict overwrites)
