@@ -84,19 +84,21 @@ def negative_caption_loss(roi: torch.Tensor, phrase: torch.Tensor, negatives: to
 
 
 def polarity_loss(image: torch.Tensor, stated: torch.Tensor, opposite: torch.Tensor, classes: torch.Tensor,
-                  logit_scale: torch.Tensor) -> torch.Tensor:
+                  logit_scale: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """The teacher's polarity term: each image (N, D) against a finding its report states (N, D; "no cardiomegaly")
     and the opposite statement (N, D; "cardiomegaly"), -log softmax of the two. Balanced over classes (N,) (one id
     per finding and polarity: "cardiomegaly", "no cardiomegaly", ...): each class present weighs the same, so a
     bias towards "no" (most stated findings are negations) gains nothing, nor does reading one finding off another
     that is stated more often; only reading the image for that finding lowers it. It trains the text side only
     (image and scale detached): free to move, the image side would take the shortcut of pushing every image towards
-    the same statements, which flattens the image space."""
+    the same statements, which flattens the image space. `reduction="sum"` scales the balanced mean by the number of
+    images, as a sum over them would."""
     if len(image) == 0:
         return image.sum() * 0.0
     margin = logit_scale.detach() * (image.detach() * (stated - opposite)).sum(-1)
     per = F.softplus(-margin)  # -log softmax over (stated, opposite)
-    return torch.stack([per[classes == c].mean() for c in torch.unique(classes)]).mean()
+    balanced = torch.stack([per[classes == c].mean() for c in torch.unique(classes)]).mean()
+    return balanced * len(per) if reduction == "sum" else balanced
 
 
 def distill_loss(student_roi: torch.Tensor, student_concepts: torch.Tensor, student_scale: torch.Tensor,
@@ -143,8 +145,8 @@ class RegionAwareLoss(nn.Module):
         terms["distill_loss"] = (distill_loss(roi_features, concept_features, logit_scale, dist_roi_features,
                                               dist_concept_features, dist_logit_scale, r, teacher_logits)
                                  if roi_features is not None and have_teacher else zero)
-        terms["polarity_loss"] = (polarity_loss(statement_image, statement_features, opposite_features[:, 0],
-                                                statement_classes, logit_scale)
+        terms["polarity_loss"] = (polarity_loss(statement_image, statement_features, opposite_features,
+                                                statement_classes, logit_scale, r)
                                   if statement_features is not None else zero)
         terms["total_loss"] = sum(self.weights[k] * v for k, v in terms.items())
         return terms

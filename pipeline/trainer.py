@@ -260,11 +260,19 @@ class RegionBatches:
 class CLIPTrainStep(nn.Module):
     """The whole forward of one micro-batch in one call (what DistributedDataParallel hooks into): the images
     through the vision tower once (their ROIs pooled from the same pass, models.encode_image_and_rois), reports
-    and the short texts through the text tower."""
+    and the short texts through the text tower. With `image_locked` (the whole image tower frozen) the tower stays
+    in eval mode whatever train() says, so a locked tower's BatchNorm statistics (ResNet and timm towers) do not
+    move either."""
 
-    def __init__(self, clip: nn.Module, loss: RegionAwareLoss):
+    def __init__(self, clip: nn.Module, loss: RegionAwareLoss, image_locked: bool = False):
         super().__init__()
-        self.clip, self.loss = clip, loss
+        self.clip, self.loss, self.image_locked = clip, loss, image_locked
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.image_locked:
+            self.clip.visual.eval()
+        return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         clip = self.clip
@@ -282,7 +290,7 @@ class CLIPTrainStep(nn.Module):
         if "statements" in batch:  # the teacher's polarity term: each image's stated finding against its opposite
             encoded, keep = models.encode_text(clip, batch["statements"]), batch["statement_mask"]
             true, opposite = encoded[: len(keep)][keep], encoded[len(keep) :][keep]
-            groups.update(statement_image=image[keep], statement_features=true, opposite_features=opposite[:, None],
+            groups.update(statement_image=image[keep], statement_features=true, opposite_features=opposite,
                           statement_classes=batch["statement_classes"][keep])
         if not has_rois:
             return self.loss(image, report, scale, **groups)
@@ -410,6 +418,7 @@ def configure_memory(clip: nn.Module, cfg: dict, device: torch.device) -> None:
     if cfg.get("grad_checkpointing"):
         clip.set_grad_checkpointing(True)
     if cfg.get("lock_image_groups") is not None:  # keep the last n layer groups trainable
+        # BatchNorm statistics: a wholly locked tower is held in eval mode by CLIPTrainStep
         clip.lock_image_tower(unlocked_groups=cfg["lock_image_groups"], freeze_bn_stats=False)
     if cfg.get("lock_text_layers") is not None:  # keep the last n text groups trainable (1 = the projection)
         clip.lock_text_tower(unlocked_layers=cfg["lock_text_layers"], freeze_layer_norm=True)
@@ -438,7 +447,7 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     configure_memory(clip, cfg, device)
     loss_fn = RegionAwareLoss(cfg.get("alpha", 1.0), cfg.get("beta", 0.0), cfg.get("gamma", 0.0),
                               cfg.get("lambda", 0.0), symmetric=cfg["symmetric"], polarity=cfg.get("polarity", 0.0))
-    step_module = CLIPTrainStep(clip, loss_fn).to(device)
+    step_module = CLIPTrainStep(clip, loss_fn, image_locked=cfg.get("lock_image_groups") == 0).to(device)
     net = nn.parallel.DistributedDataParallel(step_module, device_ids=[local_rank] if device.type == "cuda" else None
                                               ) if world > 1 else step_module
     optimizer = torch.optim.AdamW(param_groups(clip, cfg["weight_decay"]), lr=cfg["lr"], betas=(0.9, 0.98), eps=1e-6)
@@ -492,7 +501,7 @@ def fit(batches, cfg: dict, out_dir: str | Path, threads: int = 1, init: str | N
     if cfg.get("compile"):
         net = torch.compile(net)
     t0, terms_sum = time.perf_counter(), {}
-    clip.train()
+    step_module.train()
     metrics = open(metrics_path, "a") if rank == 0 else None
     loader = step_loader(batches, cfg, start, rank, world, pin=device.type == "cuda")
     try:
@@ -585,13 +594,22 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
     # built before the first phase, so pairs without study labels are refused before an hour of fitting, not after
     polar = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
                           cfg.get("negatives", "captions"), polarity=True) if text_steps else None
+    # the second phase's val_loss is its own objective: validate images with their statements (drawn as at step 0)
+    val_polar = (GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True), seed=cfg["seed"], polarity=True)
+                 if text_steps and val_pairs is not None and val_pairs.labels is not None else val)
+    steps = cfg["steps"]
+    # stop_after counts the steps of both phases (to test resuming in either)
     first = fit(batches, {**cfg, "alpha": 1.0}, out_dir / "image_text" if text_steps else out_dir, threads,
-                stop_after=stop_after, val_batches=val)
+                stop_after=stop_after if stop_after is None or stop_after <= steps or not text_steps else None,
+                val_batches=val)
     if not text_steps or "stopped_at" in first:
         return first
     phase = {**cfg, "alpha": cfg["text_alpha"], "polarity": 1.0, "steps": text_steps, "lr": cfg["text_lr"],
              "warmup_steps": max(1, text_steps // 15), "lock_image_groups": 0, "select": "final",
              # its checkpoint resumes only from the same first phase (whose steps, lr... this dict overwrites)
              "init_sha256": sha256_file(out_dir / "image_text" / "model.pt")}
-    second = fit(polar, phase, out_dir, threads, init=str(out_dir / "image_text" / "model.pt"), val_batches=val)
+    second = fit(polar, phase, out_dir, threads, init=str(out_dir / "image_text" / "model.pt"),
+                 stop_after=None if stop_after is None else stop_after - steps, val_batches=val_polar)
+    if "stopped_at" in second:
+        return {"stopped_at": steps + second["stopped_at"]}
     return {**second, "image_text": first}

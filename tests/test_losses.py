@@ -111,7 +111,7 @@ def test_the_polarity_term_is_l_neg_of_each_image_and_its_stated_finding():
     img, txt, said, opposite = f(4, 8), f(4, 8), f(3, 8), f(3, 8)
     classes = torch.tensor([3, 2, 2])  # image 0's statement says cardiomegaly, 1 and 2 "no cardiomegaly"
     out = RegionAwareLoss(polarity=0.5)(img, txt, T(10.0), statement_image=img[:3], statement_features=said,
-                                        opposite_features=opposite[:, None], statement_classes=classes)
+                                        opposite_features=opposite, statement_classes=classes)
     # -log softmax over (the stated finding, its opposite), per image; the two classes weigh half each
     s_true, s_opp = 10 * (img[:3] * said).sum(-1), 10 * (img[:3] * opposite).sum(-1)
     per = [-torch.log_softmax(torch.stack([s_true[i], s_opp[i]]), 0)[0].item() for i in range(3)]
@@ -119,6 +119,10 @@ def test_the_polarity_term_is_l_neg_of_each_image_and_its_stated_finding():
     assert out["polarity_loss"].item() == pytest.approx(by_hand, rel=1e-6)
     assert out["total_loss"].item() == pytest.approx(out["global_loss"].item() + 0.5 * by_hand, rel=1e-6)
     assert RegionAwareLoss()(img, txt, T(10.0))["polarity_loss"].item() == 0  # no statements, no term
+    summed = RegionAwareLoss(polarity=0.5, reduction="sum")(img, txt, T(10.0), statement_image=img[:3],
+                                                           statement_features=said, opposite_features=opposite,
+                                                           statement_classes=classes)
+    assert summed["polarity_loss"].item() == pytest.approx(3 * by_hand, rel=1e-6)  # the balanced mean x 3 images
     # a bias towards "no" gains nothing: every image nearer "no X" than "X" beats ln 2 on these two negations and
     # one finding only unbalanced, never balanced
     x, no = T([1.0, 0.0]), T([0.0, 1.0])
@@ -131,7 +135,7 @@ def test_the_polarity_term_is_l_neg_of_each_image_and_its_stated_finding():
     # it trains the text side only: no gradient reaches the image or the scale through it
     image, scale, said = img[:3].clone().requires_grad_(), T(10.0).requires_grad_(), said.clone().requires_grad_()
     RegionAwareLoss(alpha=0.0, polarity=1.0)(img, txt, scale, statement_image=image, statement_features=said,
-                                             opposite_features=opposite[:, None], statement_classes=classes
+                                             opposite_features=opposite, statement_classes=classes
                                              )["total_loss"].backward()
     assert image.grad is None and said.grad.abs().sum() > 0
 

@@ -249,3 +249,33 @@ def test_montage_compare_shows_real_films_beside_synthetic_ones(tree, tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no readable"):
         montage(tree, tmp_path / "none.png", n=4, compare=empty)
+
+
+def test_vessel_walks_draw_as_one_draw_per_step():
+    """_vessels draws each stretch's jitter in one call: the same pixels and generator state as a walk that draws
+    at every step (the plain form, written out here), so the speed-up changed no film."""
+    from pipeline.synthetic.anatomy import _blur, _vessels
+
+    def stepwise(rng, shape, px, hila, reach):
+        canvas = np.zeros(shape, np.float32)
+        for hx, hy, s in hila:
+            for _ in range(14):
+                angle = rng.uniform(-0.45, 1.0) * np.pi * 0.5 + (np.pi / 2 if rng.random() < 0.5 else 0)
+                heading = np.array([s * abs(np.cos(angle)), np.sin(angle) * (1 if rng.random() < 0.6 else -1)])
+                pos, length = np.array([hx, hy]), reach * rng.uniform(0.5, 1.0)
+                for k in range(60):
+                    heading += rng.normal(0, 0.12, 2)
+                    heading /= np.linalg.norm(heading) + 1e-9
+                    pos = pos + heading * length / 60
+                    r, c = int(pos[1] / px), int(pos[0] / px)
+                    if 0 <= r < shape[0] and 0 <= c < shape[1]:
+                        canvas[r, c] += (1 - k / 60) ** 1.5
+                    if k in (20, 38) and rng.random() < 0.7:
+                        heading = heading + rng.normal(0, 0.6, 2)
+        return _blur(canvas, max(0.8, 0.0025 / px)) * 3.0
+
+    for seed in range(40):
+        args = ((90 + seed, 128), 0.003 + 0.0002 * (seed % 5), [(0.12, 0.15, 1), (0.25, 0.15, -1)], 0.12)
+        a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+        assert np.array_equal(_vessels(a, *args), stepwise(b, *args))
+        assert a.random() == b.random()  # the same draws consumed

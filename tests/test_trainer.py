@@ -292,3 +292,31 @@ def test_the_text_phase_moves_the_text_tower_alone_and_trains_polarity(tmp_path,
                for r in records)
     plain_records = (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line)["polarity_loss"] == 0 for line in plain_records)
+
+
+def test_a_run_killed_in_the_text_phase_resumes_to_the_same_weights(tmp_path, pairs, cfg):
+    cfg = {**cfg, "steps": 2, "batch_size": 8, "checkpoint_every": 1, "text_steps": 3, "validate_every": 3}
+    val = ImageReportPairs(pairs.image_id[:4], pairs.images[:4], pairs.reports[:4], pairs.shard[:4], pairs.labels[:4])
+    fit_global(pairs, cfg, tmp_path / "straight", val_pairs=val)
+    # stop_after counts both phases: step 4 is the text phase's second
+    assert fit_global(pairs, cfg, tmp_path / "killed", stop_after=4, val_pairs=val) == {"stopped_at": 4}
+    assert (tmp_path / "killed" / "image_text" / "model.pt").exists() and not (tmp_path / "killed" / "model.pt").exists()
+    fit_global(pairs, cfg, tmp_path / "killed", val_pairs=val)
+    a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the text phase validates its own objective: the validate images' statements count in val_loss
+    last = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["val_loss"] > cfg["text_alpha"] * last["val_global_loss"] + 0.1
+
+
+def test_a_wholly_locked_image_tower_stays_in_eval_mode():
+    from pipeline.losses import RegionAwareLoss
+    from pipeline.trainer import CLIPTrainStep
+
+    clip = torch.nn.Module()
+    clip.visual, clip.text = torch.nn.BatchNorm2d(3), torch.nn.Linear(2, 2)
+    step = CLIPTrainStep(clip, RegionAwareLoss(), image_locked=True).train()
+    assert step.training and clip.text.training and not clip.visual.training  # its running statistics hold
+    step.eval().train()  # as validation leaves it
+    assert not clip.visual.training
+    assert CLIPTrainStep(clip, RegionAwareLoss()).train().clip.visual.training  # an unlocked tower trains

@@ -23,6 +23,7 @@ pleural line scale by the exact ratio.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,25 +138,33 @@ def _band(dist: np.ndarray, half: float, cortex: float = 0.35) -> np.ndarray:
 
 def _vessels(rng: np.random.Generator, shape: tuple[int, int], px: float, hila: list[tuple[float, float, int]],
              reach: float) -> np.ndarray:
-    """Branching vascular trees from the hila, thick and dense centrally, tapering towards the periphery."""
+    """Branching vascular trees from the hila, thick and dense centrally, tapering towards the periphery.
+
+    Each vessel is a random walk of `steps` steps; the walk runs on Python floats with each stretch's jitter drawn in
+    one call (the generator gives the same numbers as one draw per step), about half of a film's drawing time saved
+    with the same pixels."""
     canvas = np.zeros(shape, np.float32)
-    steps = 60
+    steps, branch_after = 60, (20, 38)  # side branches may leave after these steps
     for hx, hy, s in hila:
         for _ in range(14):
             angle = rng.uniform(-0.45, 1.0) * np.pi * 0.5 + (np.pi / 2 if rng.random() < 0.5 else 0)
-            heading = np.array([s * abs(np.cos(angle)), np.sin(angle) * (1 if rng.random() < 0.6 else -1)])
-            pos = np.array([hx, hy])
+            dx, dy = s * abs(np.cos(angle)), np.sin(angle) * (1 if rng.random() < 0.6 else -1)
+            x, y = float(hx), float(hy)
             length = reach * rng.uniform(0.5, 1.0)
-            for k in range(steps):
-                t = k / steps
-                heading += rng.normal(0, 0.12, 2)
-                heading /= np.linalg.norm(heading) + 1e-9
-                pos = pos + heading * length / steps
-                r, c = int(pos[1] / px), int(pos[0] / px)
-                if 0 <= r < shape[0] and 0 <= c < shape[1]:
-                    canvas[r, c] += (1 - t) ** 1.5
-                if k in (20, 38) and rng.random() < 0.7:  # a side branch
-                    heading = heading + rng.normal(0, 0.6, 2)
+            start = 0
+            for end in (*[b + 1 for b in branch_after], steps):
+                for k, (jx, jy) in zip(range(start, end), rng.normal(0, 0.12, (end - start, 2)).tolist()):
+                    dx, dy = dx + jx, dy + jy
+                    norm = math.sqrt(dx * dx + dy * dy) + 1e-9
+                    dx, dy = dx / norm, dy / norm
+                    x, y = x + dx * length / steps, y + dy * length / steps
+                    r, c = int(y / px), int(x / px)
+                    if 0 <= r < shape[0] and 0 <= c < shape[1]:
+                        canvas[r, c] += (1 - k / steps) ** 1.5
+                start = end
+                if end < steps and rng.random() < 0.7:  # a side branch
+                    jx, jy = rng.normal(0, 0.6, 2)
+                    dx, dy = dx + jx, dy + jy
     return _blur(canvas, max(0.8, 0.0025 / px)) * 3.0
 
 
