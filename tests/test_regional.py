@@ -241,3 +241,47 @@ def test_a_tie_at_the_top_of_the_same_position_candidates_is_shared_not_won():
     figures = regional.same_position_figures(np.ones((1, 4)), texts, [pair], ["p1"])
     n = len(regional.same_position_candidates("Pleural Effusion", "left", "lower", set()))
     assert figures["region/same_position_top1"][1](np.array([0])) == pytest.approx(1 / n)
+
+
+def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
+    from pipeline.evaluation.report import bars_markdown
+
+    def fig(v, lo=None, hi=None):
+        return {"value": v, "ci_low": v - 0.05 if lo is None else lo, "ci_high": v + 0.05 if hi is None else hi}
+
+    def seeds(mean):
+        return {"mean": mean, "sd": 0.01, "ci_low": mean - 0.05, "ci_high": mean + 0.05}
+
+    band = {k: {"mean": 0.5, "low": 0.45, "high": 0.55} for k in ("auroc/mean", "presence/auroc",
+                                                                   "robust/balanced_negation")}
+    band["region/same_position_top1"] = {"mean": 0.1, "low": 0.0, "high": 0.2}
+    band["i2r/R@10"] = {"mean": 0.1, "low": 0.05, "high": 0.15}
+    metrics = {
+        "test": {"control": "global_only", "studies": 100},
+        "null_band": {"figures": band},
+        "runs": {"baseline": {"auroc/mean": fig(0.85), "i2r/R@10": fig(0.25)},  # 0.25 = 2.5x chance (0.10)
+                 "student/mean_image": {"presence/auroc": fig(0.50), "region/same_position_top1": fig(0.25)},
+                 "global_only/mean_image": {"presence/auroc": fig(0.52)}},
+        "seeds": {"student": {"presence/auroc": seeds(0.70), "region/same_position_top1": seeds(0.18),
+                              "robust/balanced_negation": seeds(0.80)}},
+        "paired": {"student - global_only": {
+            "presence/auroc": fig(0.12, 0.02, 0.2),  # the interval above 0, the student above the band: met
+            "region/same_position_top1": fig(0.15, 0.05, 0.25),  # large, but the student inside the band
+            "auroc/mean": fig(-0.03), "i2r/R@10": fig(-0.01)}},
+    }
+    rows = {r.split(" | ")[0].lstrip("| "): r.rstrip(" |").split(" | ")[-1] for r in bars_markdown(metrics) if
+            r.startswith("| ") and not r.startswith("| bar")}
+    assert rows == {
+        "the base: mean zero-shot AUROC": "met",
+        "the base: image -> report R@10, x chance": "not met",
+        "presence AUROC at fixed positions, student - control": "met",
+        "same-position region top-1, student - control": "no result: inside the band",
+        "global zero-shot AUROC, student - control (at most 0.02 lost)": "not met",
+        "image -> report R@10, student - control (at most 0.02 lost)": "met",
+        "balanced negation, the student": "met",
+        "mean-image control: both arms' regional figures inside the band": "not met",  # the student's 0.25 > 0.2
+    }
+    metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.12, -0.01, 0.2)  # the interval holds 0
+    metrics["null_band"]["figures"]["auroc/mean"]["high"] = 0.9  # a base inside the band: no result
+    rows = [r for r in bars_markdown(metrics) if r.startswith("| presence") or r.startswith("| the base: mean")]
+    assert rows[0].endswith("| no result: inside the band |") and rows[1].endswith("| not met |")

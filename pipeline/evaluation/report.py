@@ -76,6 +76,72 @@ def oracle_markdown(metrics: dict) -> list[str]:
     return lines + [""]
 
 
+# The bars a default that learns must clear, and a region-aware gain with it: (key, what, the figure's source, the
+# bar, the direction). "base" figures are the teacher's (`baseline`), "diff" the student - control difference over
+# seeds (its interval must lie above 0), "student" the student's mean over seeds.
+BARS = [
+    ("auroc/mean", "the base: mean zero-shot AUROC", "base", 0.80),
+    ("i2r/R@10", "the base: image -> report R@10, x chance", "base", 3.0),
+    ("presence/auroc", "presence AUROC at fixed positions, student - control", "diff", 0.10),
+    ("region/same_position_top1", "same-position region top-1, student - control", "diff", 0.10),
+    ("auroc/mean", "global zero-shot AUROC, student - control (at most 0.02 lost)", "loss", -0.02),
+    ("i2r/R@10", "image -> report R@10, student - control (at most 0.02 lost)", "loss", -0.02),
+    ("robust/balanced_negation", "balanced negation, the student", "student", 0.75),
+]
+MEAN_IMAGE_KEYS = ("presence/auroc", "region/same_position_top1")
+
+
+def bars_markdown(metrics: dict) -> list[str]:
+    """Each bar with its figure and a verdict: met, not met, or no result where the figure that would carry it lies
+    inside the untrained models' band (at or below its top). Plus the mean-image control: with every test image
+    replaced by the mean image, both arms must stay inside the band on the regional figures."""
+    runs, t = metrics["runs"], metrics["test"]
+    control, band = t["control"], metrics.get("null_band", {}).get("figures", {})
+    seeds, paired = metrics.get("seeds", {}), metrics.get("paired", {}).get(f"student - {t['control']}", {})
+    top = lambda k: band[k]["high"] if k in band else -np.inf  # noqa: E731
+    rows = []
+    for key, what, source, bar in BARS:
+        if source == "base":
+            f = runs.get("baseline", {}).get(key)
+            if f is None:
+                continue
+            value, shown = f["value"], _cell(f)
+            if key == "i2r/R@10":  # as a multiple of chance: 10 of the test studies
+                chance = min(1.0, 10 / t["studies"])
+                value, shown = value / chance, f"{shown} = {value / chance:.1f}x chance ({chance:.3f})"
+            met, carried = value >= bar, f["value"] > top(key)
+        elif source == "student":
+            f = seeds.get("student", {}).get(key)
+            if f is None:
+                continue
+            shown, met, carried = _seeds_cell(f), f["mean"] >= bar, f["mean"] > top(key)
+        else:
+            f = paired.get(key)
+            if f is None:
+                continue
+            shown = _cell(f)
+            if source == "loss":
+                met, carried = f["value"] >= bar, True
+            else:
+                student = seeds.get("student", {}).get(key, {}).get("mean", np.nan)
+                met = f["value"] >= bar and f["ci_low"] > 0
+                carried, shown = student > top(key), f"{shown}; the student {student:.3f}"
+        verdict = "no result: inside the band" if not carried else "met" if met else "not met"
+        rows.append(f"| {what} | >= {bar:g} | {shown} | {verdict} |")
+    leaks = [f"{n} {k} {runs[f'{n}/mean_image'][k]['value']:.3f}" for n in ("student", control)
+             for k in MEAN_IMAGE_KEYS if k in runs.get(f"{n}/mean_image", {}) and k in band
+             and runs[f"{n}/mean_image"][k]["value"] > top(k)]
+    if any(f"{n}/mean_image" in runs for n in ("student", control)):
+        rows.append(f"| mean-image control: both arms' regional figures inside the band | <= the band's top | "
+                    f"{'; '.join(leaks) or 'all inside'} | {'not met' if leaks else 'met'} |")
+    if not rows:
+        return []
+    return ["## The bars", "", "Each bar against its figure. A figure at or below the top of the untrained models' "
+            "band (the chance row) carries no result, whatever its size; a difference needs its interval above 0 "
+            "and the student above the band.", "", "| bar | needs | figure | verdict |", "|---|---|---|---|",
+            *rows, ""]
+
+
 def report_markdown(metrics: dict) -> str:
     runs, t = metrics["runs"], metrics["test"]
     control = t["control"]
@@ -88,6 +154,7 @@ def report_markdown(metrics: dict) -> str:
              f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
              "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
              + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
+    lines += bars_markdown(metrics)
     band = metrics.get("null_band", {})
     controlled = [n for n in runs if n.endswith(tuple(f"/{c}" for c in CONTROLS))]
     keys = [k for k in REGIONAL_HEADLINE if any(k in r for r in runs.values())]
