@@ -261,8 +261,10 @@ class CLIPTrainStep(nn.Module):
     """The whole forward of one micro-batch in one call (what DistributedDataParallel hooks into): the images
     through the vision tower once (their ROIs pooled from the same pass, models.encode_image_and_rois), reports
     and the short texts through the text tower. With `image_locked` (the whole image tower frozen) the tower stays
-    in eval mode whatever train() says, so a locked tower's BatchNorm statistics (ResNet and timm towers) do not
-    move either."""
+    in eval mode whatever train() says, so a locked tower's BatchNorm statistics (ResNet and timm towers) and
+    dropout do not move either. (In eval mode, without grad and autocast, torch's attention may take its fused path:
+    the same figures to about 1e-7, not bit for bit, for towers whose head count is even; medclip-tiny's 3 heads
+    take the plain path.)"""
 
     def __init__(self, clip: nn.Module, loss: RegionAwareLoss, image_locked: bool = False):
         super().__init__()
@@ -583,7 +585,10 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
     "no" against image features that no longer move, and keeps reading reports; the first phase is kept in
     out_dir/image_text/, and model.pt is the last step of the second (select: final). L_polarity from the first
     step on, with the image tower free, kept the image side from learning the findings at all; a full-weight
-    L_global in the second phase turned the weakly learnt findings' prompts the wrong way (README, "The base")."""
+    L_global in the second phase turned the weakly learnt findings' prompts the wrong way (README, "The base").
+
+    `stop_after` counts the steps of both phases; as in fit, a run stopped after its very last step has its
+    checkpoint but no model.pt until it is called again."""
     out_dir = Path(out_dir)
     batches = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
                             cfg.get("negatives", "captions"))
@@ -595,8 +600,13 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
     polar = GlobalBatches(pairs, cfg["model"], cfg.get("dedupe", True), cfg.get("captions", "report"), cfg["seed"],
                           cfg.get("negatives", "captions"), polarity=True) if text_steps else None
     # the second phase's val_loss is its own objective: validate images with their statements (drawn as at step 0)
-    val_polar = (GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True), seed=cfg["seed"], polarity=True)
-                 if text_steps and val_pairs is not None and val_pairs.labels is not None else val)
+    val_polar = val
+    if text_steps and val_pairs is not None:
+        if val_pairs.labels is not None:
+            val_polar = GlobalBatches(val_pairs, cfg["model"], cfg.get("dedupe", True), seed=cfg["seed"], polarity=True)
+        else:
+            log.warning("the validate pairs carry no study labels: the text phase's val_loss is text_alpha x "
+                        "val_global_loss, without the polarity term")
     steps = cfg["steps"]
     # stop_after counts the steps of both phases (to test resuming in either)
     first = fit(batches, {**cfg, "alpha": 1.0}, out_dir / "image_text" if text_steps else out_dir, threads,

@@ -257,31 +257,42 @@ def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
     band["region/same_position_top1"] = {"mean": 0.1, "low": 0.0, "high": 0.2}
     band["i2r/R@10"] = {"mean": 0.1, "low": 0.05, "high": 0.15}
     metrics = {
-        "test": {"control": "global_only", "studies": 100},
+        "test": {"control": "global_only", "studies": 117},  # chance 10 / 117
         "null_band": {"figures": band},
-        "runs": {"baseline": {"auroc/mean": fig(0.85), "i2r/R@10": fig(0.25)},  # 0.25 = 2.5x chance (0.10)
+        "runs": {"baseline": {"auroc/mean": fig(0.85), "i2r/R@10": fig(30 / 117)},  # 3x chance exactly: met
                  "student/mean_image": {"presence/auroc": fig(0.50), "region/same_position_top1": fig(0.25)},
-                 "global_only/mean_image": {"presence/auroc": fig(0.52)}},
+                 "global_only/mean_image": {"presence/auroc": fig(0.40), "region/same_position_top1": fig(0.1)}},
         "seeds": {"student": {"presence/auroc": seeds(0.70), "region/same_position_top1": seeds(0.18),
-                              "robust/balanced_negation": seeds(0.80)}},
+                              "robust/balanced_negation": seeds(0.52)}},
         "paired": {"student - global_only": {
             "presence/auroc": fig(0.12, 0.02, 0.2),  # the interval above 0, the student above the band: met
             "region/same_position_top1": fig(0.15, 0.05, 0.25),  # large, but the student inside the band
-            "auroc/mean": fig(-0.03), "i2r/R@10": fig(-0.01)}},
+            "auroc/mean": fig(-0.03), "i2r/R@10": fig(-0.01)}},  # R@10's interval reaches -0.06
     }
-    rows = {r.split(" | ")[0].lstrip("| "): r.rstrip(" |").split(" | ")[-1] for r in bars_markdown(metrics) if
-            r.startswith("| ") and not r.startswith("| bar")}
-    assert rows == {
+
+    def verdicts():
+        return {r.split(" | ")[0].lstrip("| "): r.rstrip(" |").split(" | ")[-1] for r in bars_markdown(metrics)
+                if r.startswith("| ") and not r.startswith("| bar")}
+
+    assert verdicts() == {
         "the base: mean zero-shot AUROC": "met",
-        "the base: image -> report R@10, x chance": "not met",
+        "the base: image -> report R@10, x chance": "met",
         "presence AUROC at fixed positions, student - control": "met",
         "same-position region top-1, student - control": "no result: inside the band",
         "global zero-shot AUROC, student - control (at most 0.02 lost)": "not met",
-        "image -> report R@10, student - control (at most 0.02 lost)": "met",
-        "balanced negation, the student": "met",
-        "mean-image control: both arms' regional figures inside the band": "not met",  # the student's 0.25 > 0.2
+        "image -> report R@10, student - control (at most 0.02 lost)":
+            "met on the point estimate (the interval reaches -0.060)",
+        "balanced negation, the student": "not met",  # short of 0.75 (and inside the band): a miss, not "no result"
+        # the student's 0.25 above the band's top, the control's 0.40 below its bottom
+        "mean-image control: both arms' regional figures inside the band": "not met",
     }
     metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.12, -0.01, 0.2)  # the interval holds 0
-    metrics["null_band"]["figures"]["auroc/mean"]["high"] = 0.9  # a base inside the band: no result
-    rows = [r for r in bars_markdown(metrics) if r.startswith("| presence") or r.startswith("| the base: mean")]
-    assert rows[0].endswith("| no result: inside the band |") and rows[1].endswith("| not met |")
+    metrics["null_band"]["figures"]["auroc/mean"]["high"] = 0.9  # the base reaches its bar inside the band
+    metrics["runs"]["baseline"]["i2r/R@10"] = fig(29 / 117)
+    del metrics["null_band"]["figures"]["robust/balanced_negation"]
+    metrics["seeds"]["student"]["robust/balanced_negation"] = seeds(0.8)
+    got = verdicts()
+    assert got["presence AUROC at fixed positions, student - control"] == "not met"
+    assert got["the base: mean zero-shot AUROC"] == "no result: inside the band"
+    assert got["the base: image -> report R@10, x chance"] == "not met"
+    assert got["balanced negation, the student"] == "met (no band to compare)"

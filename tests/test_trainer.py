@@ -301,6 +301,7 @@ def test_a_run_killed_in_the_text_phase_resumes_to_the_same_weights(tmp_path, pa
     # stop_after counts both phases: step 4 is the text phase's second
     assert fit_global(pairs, cfg, tmp_path / "killed", stop_after=4, val_pairs=val) == {"stopped_at": 4}
     assert (tmp_path / "killed" / "image_text" / "model.pt").exists() and not (tmp_path / "killed" / "model.pt").exists()
+    assert torch.load(tmp_path / "killed" / "checkpoints" / "last.pt", weights_only=False)["step"] == 2  # resumes there
     fit_global(pairs, cfg, tmp_path / "killed", val_pairs=val)
     a, b = (torch.load(tmp_path / run / "model.pt") for run in ("straight", "killed"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -309,9 +310,22 @@ def test_a_run_killed_in_the_text_phase_resumes_to_the_same_weights(tmp_path, pa
     assert last["val_loss"] > cfg["text_alpha"] * last["val_global_loss"] + 0.1
 
 
-def test_a_wholly_locked_image_tower_stays_in_eval_mode():
+def test_a_wholly_locked_image_tower_stays_in_eval_mode(tmp_path, pairs, cfg, monkeypatch):
+    from pipeline import trainer
     from pipeline.losses import RegionAwareLoss
     from pipeline.trainer import CLIPTrainStep
+
+    seen = []  # (the loss weights' polarity, the image tower in train mode) at every training forward
+
+    class Spy(CLIPTrainStep):
+        def forward(self, batch):
+            if self.training:
+                seen.append((self.loss.weights["polarity_loss"], self.clip.visual.training))
+            return super().forward(batch)
+
+    monkeypatch.setattr(trainer, "CLIPTrainStep", Spy)
+    fit_global(pairs, {**cfg, "steps": 2, "batch_size": 8, "text_steps": 2}, tmp_path / "run")
+    assert seen == [(0.0, True)] * 2 + [(1.0, False)] * 2  # the fit trains it; the text phase holds it
 
     clip = torch.nn.Module()
     clip.visual, clip.text = torch.nn.BatchNorm2d(3), torch.nn.Linear(2, 2)
