@@ -304,12 +304,18 @@ def test_describe_regions_and_ground_a_negation_on_the_tiny_checkpoint(tiny_run)
 
 def test_tiny_run_fits_a_teacher_open_clip_loads(tiny_run):
     import open_clip
+    import torch
 
     import pipeline.models  # noqa: F401  (registers the medclip-* configs with open_clip)
 
-    lines = (tiny_run / "results/teacher/metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
-    open_clip.create_model("medclip-tiny", pretrained=str(tiny_run / "results/teacher/model.pt"))
+    fit = [json.loads(line) for line in (tiny_run / "results/teacher/image_text/metrics.jsonl").read_text().splitlines()]
+    text = [json.loads(line) for line in (tiny_run / "results/teacher/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in fit] == [0, 1, 2] and all(r["polarity_loss"] == 0 for r in fit)  # the fit alone
+    assert [r["step"] for r in text] == [0, 1] and all(r["polarity_loss"] > 0 for r in text)  # then the text phase
+    before, after = (open_clip.create_model("medclip-tiny", pretrained=str(tiny_run / p)).state_dict()
+                     for p in ("results/teacher/image_text/model.pt", "results/teacher/model.pt"))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("visual."))  # the image tower locked
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("transformer."))
 
 
 def test_given_teacher_weights_skip_fit_teacher(tiny_run, tmp_path):
