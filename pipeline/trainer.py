@@ -608,7 +608,6 @@ def fit_global(pairs: ImageReportPairs, cfg: dict, out_dir: str | Path, threads:
             log.warning("the validate pairs carry no study labels: the text phase's val_loss is text_alpha x "
                         "val_global_loss, without the polarity term")
     steps = cfg["steps"]
-    # stop_after counts the steps of both phases (to test resuming in either)
     first = fit(batches, {**cfg, "alpha": 1.0}, out_dir / "image_text" if text_steps else out_dir, threads,
                 stop_after=stop_after if stop_after is None or stop_after <= steps or not text_steps else None,
                 val_batches=val)

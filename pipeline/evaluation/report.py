@@ -77,8 +77,9 @@ def oracle_markdown(metrics: dict) -> list[str]:
 
 
 # The bars a default that learns must clear, and a region-aware gain with it: (key, what, the figure's source, the
-# bar, the direction). "base" figures are the teacher's (`baseline`), "diff" the student - control difference over
-# seeds (its interval must lie above 0), "student" the student's mean over seeds.
+# bar; every figure must reach its bar from below). "base" figures are the teacher's (`baseline`), "diff" the
+# student - control difference over seeds (its interval must lie above 0), "loss" the same difference read as what
+# the student may lose, "student" the student's mean over seeds.
 BARS = [
     ("auroc/mean", "the base: mean zero-shot AUROC", "base", 0.80),
     ("i2r/R@10", "the base: image -> report R@10, x chance", "base", 3.0),
