@@ -482,3 +482,29 @@ def test_tiny_config_is_valid():
 
     cfg = config.load(TINY)
     assert cfg["normalize"]["size"] == 64
+
+
+def test_evaluate_split_validate_measures_validate_patients_and_says_so(tiny_run, tmp_path):
+    """evaluate.split: validate (for tuning): every figure from the validate split, the pinned manifests (test sets)
+    not used, and report.md names the split."""
+    from pipeline import config
+
+    results = tiny_run / "results"
+    shards = sorted((results / "crop").glob("shard-*.h5"))
+    inputs = {"normalized": [results / "normalize" / p.name for p in shards], "crops": shards,
+              "reports": [results / "reports" / p.name for p in shards]}
+    runs = sorted(p.parent.name for p in (results / "train").glob("*/model.pt"))
+    checkpoints = {"baseline": str(results / "teacher/model.pt"),
+                   **{r: str(results / "train" / r / "model.pt") for r in runs}}
+    cfg = {**config.load(TINY)["evaluate"], "split": "validate", "null_models": 2, "input_controls": [],
+           "crop_baselines": [], "manifests": str(results / "evaluate/manifests")}  # test sets: must be ignored
+    metrics = evaluate.run(inputs, checkpoints, {n: "medclip-tiny" for n in checkpoints}, tmp_path, cfg)
+    splits = {}
+    for path in inputs["normalized"]:
+        with Shard(path) as n:
+            splits.update(zip(n.f["image_id"].asstr()[()], n.f["split"].asstr()[()]))
+    evaluated = json.loads((tmp_path / "manifests/test_images.json").read_text())["ids"]
+    assert evaluated and {splits[i] for i in evaluated} == {"validate"}
+    assert metrics["test"]["split"] == "validate" and metrics["test"]["images"] == len(evaluated)
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# Region-Aware MedCLIP: evaluation\n\nValidate split:") and "These are validate" in report

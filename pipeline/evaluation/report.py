@@ -172,7 +172,7 @@ def report_markdown(metrics: dict) -> str:
     runs, t = metrics["runs"], metrics["test"]
     control = t["control"]
     lines = ["# Region-Aware MedCLIP: evaluation", "",
-             f"Test split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
+             f"{t.get('split', 'test').capitalize()} split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
              f"{t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, {t['grounding_boxes']} "
              f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals of one run's "
              f"figures: patient-level bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same "
@@ -180,6 +180,9 @@ def report_markdown(metrics: dict) -> str:
              f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
              "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
              + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
+    if t.get("split", "test") != "test":
+        lines += [f"**These are {t['split']} figures** (`evaluate.split: {t['split']}`), for tuning: quote the test "
+                  "split's.", ""]
     lines += bars_markdown(metrics)
     band = metrics.get("null_band", {})
     controlled = [n for n in runs if n.endswith(tuple(f"/{c}" for c in CONTROLS))]

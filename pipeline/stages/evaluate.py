@@ -42,7 +42,8 @@ studies, ground-truth boxes) must match exactly, else the run stops; the sets wh
 (region pairs, clear regions) keep the pinned entries found again (lungs and zones by name, lesions by their boxes)
 and report how many were found: a U-Net retrained on another CPU finds slightly different lesions.
 Evaluation also stops when a test patient is a training patient. Each run's `model.pt` was chosen by the trainer on
-the validate split: nothing is chosen on the test set.
+the validate split: nothing is chosen on the test set. `evaluate.split: validate` measures every figure on the
+validate split instead (for tuning, without reading the test split; the pinned manifests, test sets, are not used).
 """
 
 from __future__ import annotations
@@ -407,12 +408,11 @@ def follow_pinned(folder: str | Path, test: TestSet) -> dict[str, dict]:
     return out
 
 
-def training_patients(normalize_shards) -> set[str]:
+def training_patients(normalize_shards, splits: tuple[str, ...] = ("train", "validate")) -> set[str]:
     patients = set()
     for path in normalize_shards:
         with Shard(path) as n:
-            patients |= {p for p, s in zip(decode(n.f["patient_id"][()]), decode(n.f["split"][()]))
-                         if s in ("train", "validate")}
+            patients |= {p for p, s in zip(decode(n.f["patient_id"][()]), decode(n.f["split"][()])) if s in splits}
     return patients
 
 
@@ -518,16 +518,23 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed, benchmarks);
     prepare_cfg: the normalize, segment and crop sections, for the benchmarks' images."""
     torch.set_num_threads(usable_threads(threads))
-    out_dir, folder, seed = Path(out_dir), cfg["manifests"], cfg["seed"]
+    out_dir, folder, seed, split = Path(out_dir), cfg["manifests"], cfg["seed"], cfg.get("split", "test")
+    if split != "test" and folder:
+        log.info("evaluate.split: %s draws its evaluation sets from the data; the pinned manifests in %s are test "
+                 "sets and are not used", split, folder)
+        folder = ""
     keep = pinned_ids(folder, "test_images")
-    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, keep_ids=keep)
+    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, split=split,
+                         keep_ids=keep)
     if keep is not None and len(test.image_id) != len(keep):
         missing = sorted(set(keep) - set(test.image_id))
         raise ManifestMismatch(f"evaluate.manifests: {len(missing)} image(s) of the pinned {folder}/test_images.json "
                                f"are not test images with a report in the ingested data, e.g. {missing[:3]}")
-    leaked = sorted(set(test.patient_id) & training_patients(inputs["normalized"]))
+    trained_on = {"test": ("train", "validate"), "validate": ("train",)}[split]
+    leaked = sorted(set(test.patient_id) & training_patients(inputs["normalized"], trained_on))
     if leaked:
-        raise ValueError(f"{len(leaked)} test patient(s) are also training / validation patients, e.g. {leaked[0]}")
+        raise ValueError(f"{len(leaked)} {split} patient(s) are also {' / '.join(trained_on)} patients, e.g. "
+                         f"{leaked[0]}")
     five, retrieval, bodies = evaluation_sets(test, seed)
     for name in ("test_images", "five_by_200", "retrieval"):  # fixed by the data alone: must match exactly
         check_pinned(folder, name, bodies[name])
@@ -540,8 +547,8 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
 
     oracle = None  # the synthetic truth's ROIs beside the predicted ones, for student and the control
     if truth_dir and Path(truth_dir, "masks").is_dir():
-        oracle = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, keep_ids=keep,
-                               oracle=True)
+        oracle = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, split=split,
+                               keep_ids=keep, oracle=True)
     boot = stats.PatientBootstrap(test.patient_id, cfg["bootstrap"], seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results, replicates, curves = {}, {}, {}
@@ -581,7 +588,8 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     seeds, paired = compare(results, replicates, cfg)
     metrics = {"runs": results, "seeds": seeds, "paired": paired, "manifests": manifests,
                "null_band": {"architecture": architecture, "models": len(band), "figures": null_band(band)},
-               "test": {"images": len(test.image_id), "patients": len(boot.patients), "studies": len(retrieval),
+               "test": {"split": split, "images": len(test.image_id), "patients": len(boot.patients),
+                        "studies": len(retrieval),
                         "pairs": len(test.pairs), "clear_regions": len(test.clear),
                         "grounding_boxes": manifests["grounding"]["n"], "five_by_200": len(five[0]),
                         "bootstrap": cfg["bootstrap"], "seed": seed, "control": cfg["control"],
