@@ -498,7 +498,8 @@ def test_evaluate_split_validate_measures_validate_patients_and_says_so(tiny_run
                    **{r: str(results / "train" / r / "model.pt") for r in runs}}
     cfg = {**config.load(TINY)["evaluate"], "split": "validate", "null_models": 2, "input_controls": [],
            "crop_baselines": [], "manifests": str(results / "evaluate/manifests")}  # test sets: must be ignored
-    metrics = evaluate.run(inputs, checkpoints, {n: "medclip-tiny" for n in checkpoints}, tmp_path, cfg)
+    truth = tiny_run / "data/synthetic/ground_truth"
+    metrics = evaluate.run(inputs, checkpoints, {n: "medclip-tiny" for n in checkpoints}, tmp_path, cfg, truth)
     splits = {}
     for path in inputs["normalized"]:
         with Shard(path) as n:
@@ -506,5 +507,8 @@ def test_evaluate_split_validate_measures_validate_patients_and_says_so(tiny_run
     evaluated = json.loads((tmp_path / "manifests/test_images.json").read_text())["ids"]
     assert evaluated and {splits[i] for i in evaluated} == {"validate"}
     assert metrics["test"]["split"] == "validate" and metrics["test"]["images"] == len(evaluated)
+    assert metrics["test"]["oracle_rois"]["images"] == len(evaluated)  # the ground-truth ROIs of the same images
+    boxes = json.loads((tmp_path / "manifests/grounding.json").read_text())["ids"]
+    assert {splits[entry[0]] for entry in boxes} <= {"validate"}
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Region-Aware MedCLIP: evaluation\n\nValidate split:") and "These are validate" in report

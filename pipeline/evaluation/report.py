@@ -263,7 +263,7 @@ def benchmarks_markdown(metrics: dict, markdown) -> str:
     return ("\n" + markdown(metrics["benchmarks"])) if metrics.get("benchmarks") else ""
 
 
-def plot(curves: dict, results: dict, out_dir: Path) -> None:
+def plot(curves: dict, results: dict, out_dir: Path, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,10 +286,10 @@ def plot(curves: dict, results: dict, out_dir: Path) -> None:
             ax.legend(fontsize=6, loc="lower right")
         for ax in list(axes.flat)[len(observations):]:
             ax.axis("off")
-        fig.suptitle("Zero-shot ROC on the test split")
+        fig.suptitle(f"Zero-shot ROC on the {split} split")
     else:  # a small test split may have no observation with two positives and two negatives
         fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "no observation with >= 2 positives\nand >= 2 negatives in the test split", ha="center",
+        ax.text(0.5, 0.5, f"no observation with >= 2 positives\nand >= 2 negatives in the {split} split", ha="center",
                 va="center")
         ax.axis("off")
     fig.tight_layout()
@@ -308,7 +308,7 @@ def plot(curves: dict, results: dict, out_dir: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("recall")
     ax.legend(fontsize=7)
-    ax.set_title("Retrieval on the test split (95% bootstrap intervals)")
+    ax.set_title(f"Retrieval on the {split} split (95% bootstrap intervals)")
     fig.tight_layout()
     with atomic_path(out_dir / "retrieval.png") as tmp:
         fig.savefig(tmp, dpi=110, format="png")

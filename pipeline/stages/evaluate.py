@@ -43,7 +43,7 @@ studies, ground-truth boxes) must match exactly, else the run stops; the sets wh
 and report how many were found: a U-Net retrained on another CPU finds slightly different lesions.
 Evaluation also stops when a test patient is a training patient. Each run's `model.pt` was chosen by the trainer on
 the validate split: nothing is chosen on the test set. `evaluate.split: validate` measures every figure on the
-validate split instead (for tuning, without reading the test split; the pinned manifests, test sets, are not used).
+validate split instead, for tuning: the pinned manifests (test sets) and the public benchmarks are left out.
 """
 
 from __future__ import annotations
@@ -460,20 +460,21 @@ def regional_figures(emb: Embedder, test: TestSet, roi: np.ndarray) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ stage
-def evaluation_sets(test: TestSet, seed: int) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict[str, str]]:
-    """The 5x200 subset, the retrieval studies, and the body of every manifest."""
+def evaluation_sets(test: TestSet, seed: int, split: str = "test"
+                    ) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray, dict[str, str]]:
+    """The 5x200 subset, the retrieval studies, and the body of every manifest (described as sets of `split`)."""
     five = five_by_200(test.labels, seed)
     first_of_study = {}
     for i, study in enumerate(test.study_id):
         first_of_study.setdefault(study, i)
     retrieval = np.array(sorted(first_of_study.values()), dtype=np.int64)
     bodies = {
-        "test_images": manifest_body(test.image_id, None, "test split images with a report"),
+        "test_images": manifest_body(test.image_id, None, f"{split} split images with a report"),
         "five_by_200": manifest_body([[test.image_id[i], FIVE[c]] for i, c in zip(*five)], seed,
                                      "images positive for exactly one of the five classes, <= 200 each"),
         "retrieval": manifest_body([test.image_id[i] for i in retrieval], None,
-                                   "one image per test study (the first by image_id)"),
-        "region_pairs": manifest_body(pair_entries(test), None, "test ROI <-> phrase pairs (image_id, ROI name, "
+                                   f"one image per {split} study (the first by image_id)"),
+        "region_pairs": manifest_body(pair_entries(test), None, f"{split} ROI <-> phrase pairs (image_id, ROI name, "
                                       "lesion box in normalized pixels or null, caption)"),
         "clear_regions": manifest_body(clear_entries(test), None, "converse test: lung and zone ROIs with nothing "
                                        "stated, each observation the report negates (image_id, ROI name, observation)"),
@@ -515,7 +516,7 @@ def run_benchmarks(checkpoints: dict[str, str], model_names: dict[str, str], out
 def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path, cfg: dict,
         truth_dir: str | Path | None = None, threads: int = 1, prepare_cfg: dict | None = None) -> dict:
     """Evaluate every checkpoint (run name -> weights) and write metrics.json, report.md, plots and manifests.
-    cfg: the evaluate section (control, seeds, manifests, crop_baselines, bootstrap, seed, benchmarks);
+    cfg: the evaluate section (split, control, seeds, manifests, crop_baselines, bootstrap, seed, benchmarks);
     prepare_cfg: the normalize, segment and crop sections, for the benchmarks' images."""
     torch.set_num_threads(usable_threads(threads))
     out_dir, folder, seed, split = Path(out_dir), cfg["manifests"], cfg["seed"], cfg.get("split", "test")
@@ -530,17 +531,20 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
         missing = sorted(set(keep) - set(test.image_id))
         raise ManifestMismatch(f"evaluate.manifests: {len(missing)} image(s) of the pinned {folder}/test_images.json "
                                f"are not test images with a report in the ingested data, e.g. {missing[:3]}")
+    if not test.image_id:
+        raise ValueError(f"evaluate.split: {split}: no {split} images with a report in the ingested data "
+                         f"(data.split, or the source's own split table)")
     trained_on = {"test": ("train", "validate"), "validate": ("train",)}[split]
     leaked = sorted(set(test.patient_id) & training_patients(inputs["normalized"], trained_on))
     if leaked:
         raise ValueError(f"{len(leaked)} {split} patient(s) are also {' / '.join(trained_on)} patients, e.g. "
                          f"{leaked[0]}")
-    five, retrieval, bodies = evaluation_sets(test, seed)
+    five, retrieval, bodies = evaluation_sets(test, seed, split)
     for name in ("test_images", "five_by_200", "retrieval"):  # fixed by the data alone: must match exactly
         check_pinned(folder, name, bodies[name])
     found = follow_pinned(folder, test) if folder else {}
     if found:  # the sets written are the ones evaluated: the pinned entries found again
-        bodies.update({k: v for k, v in evaluation_sets(test, seed)[2].items() if k in found})
+        bodies.update({k: v for k, v in evaluation_sets(test, seed, split)[2].items() if k in found})
     manifests = {name: write_manifest(out_dir / "manifests" / f"{name}.json", body) for name, body in bodies.items()}
     for name, n in found.items():
         manifests[name].update(n)
@@ -574,7 +578,7 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
         if name in cfg["input_controls"]:  # the same ROI boxes over the mean image / another patient's image
             for control in CONTROLS:
                 if control == "other_patient" and len(set(test.patient_id)) < 2:
-                    log.warning("input control other_patient skipped: the test split has one patient")
+                    log.warning("input control other_patient skipped: the %s split has one patient", split)
                     continue
                 score(f"{name}/{control}", emb, replace(test, images=ControlImages(test.images, control,
                                                                                    test.patient_id, seed)))
@@ -599,7 +603,9 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     if oracle is not None:
         metrics["test"]["oracle_rois"] = {"images": len(oracle.image_id), "rois": len(oracle.roi_where),
                                           "pairs": len(oracle.pairs)}
-    if prepare_cfg is not None:
+    if prepare_cfg is not None and split != "test":
+        log.info("evaluate.split: %s: the public benchmarks (scored on their own test parts) are skipped", split)
+    elif prepare_cfg is not None:
         metrics["benchmarks"] = run_benchmarks(checkpoints, model_names, out_dir, cfg, prepare_cfg, device)
     if truth_dir:  # synthetic source: how often pairing picked the region a phrase describes (all splits)
         metrics["pairing_on_truth"] = accuracy_on_truth(inputs["crops"], inputs["reports"], truth_dir)
@@ -610,7 +616,7 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     with atomic_path(out_dir / "report.md") as tmp:
         tmp.write_text(report_markdown(metrics) + benchmarks_markdown(metrics, markdown))
     shown = [k for k in ("student", cfg["control"], "baseline") if k in results] or list(results)
-    plot({k: curves[k] for k in shown}, {k: results[k] for k in shown}, out_dir)  # one curve / bar per model
+    plot({k: curves[k] for k in shown}, {k: results[k] for k in shown}, out_dir, split)  # a curve / bar per model
     return metrics
 
 

@@ -22,7 +22,7 @@ log = logging.getLogger("pipeline.visualize")
 
 
 def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], out_dir: str | Path,
-        truth_dir: str | Path | None, n: int = 6, threads: int = 1) -> list[Path]:
+        truth_dir: str | Path | None, n: int = 6, threads: int = 1, split: str = "test") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,7 +31,7 @@ def run(inputs: dict, checkpoints: dict[str, str], model_names: dict[str, str], 
     torch.set_num_threads(usable_threads(threads))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir)
+    test = load_test_set(inputs["normalized"], inputs["crops"], inputs["reports"], truth_dir, split=split)
     cases = [p for p in test.pairs if p["gt_box"] is not None][:n] or test.pairs[:n]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     heats, dense = {}, {}

@@ -49,6 +49,7 @@ rule visualize:
     params:
         architectures={"baseline": config["teacher"]["model"], "student": config["train"]["model"]},
         truth=ground_truth(),
+        split=config["evaluate"]["split"],  # the cases drawn: evaluate's split
         version=stage_version("evaluate"),
     script:
         "../scripts/visualize.py"
