@@ -170,19 +170,19 @@ def bars_markdown(metrics: dict) -> list[str]:
 
 def report_markdown(metrics: dict) -> str:
     runs, t = metrics["runs"], metrics["test"]
-    control = t["control"]
+    control, split = t["control"], t.get("split", "test")  # metrics.json before evaluate.split: test
     lines = ["# Region-Aware MedCLIP: evaluation", "",
-             f"{t.get('split', 'test').capitalize()} split: {t['images']} images of {t['patients']} patients, {t['studies']} studies (retrieval), "
-             f"{t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, {t['grounding_boxes']} "
-             f"ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. Intervals of one run's "
+             f"{split.capitalize()} split: {t['images']} images of {t['patients']} patients, {t['studies']} studies "
+             f"(retrieval), {t['pairs']} ROI-phrase pairs, {t['clear_regions']} clear-region tests, "
+             f"{t['grounding_boxes']} ground-truth boxes, {t['five_by_200']} images in the 5x200-style subset. "
+             f"Intervals of one run's "
              f"figures: patient-level bootstrap 95% ({t['bootstrap']} resamples, seed {t['seed']}), the same "
              f"resamples for every run; of means over seeds and of student - {control}: {TWO_LEVEL}. "
              f"`{control}` is the control (the student's init, steps, batches, flips and seed, with the regional "
              "losses off); `baseline` is the teacher; `/crop` rows embed each ROI's crop as an image"
              + (f"; external baselines, zero-shot: {', '.join(t['external'])}" if t.get("external") else "") + ".", ""]
-    if t.get("split", "test") != "test":
-        lines += [f"**These are {t['split']} figures** (`evaluate.split: {t['split']}`), for tuning: quote the test "
-                  "split's.", ""]
+    if split != "test":
+        lines += [f"**These are {split} figures** (`evaluate.split: {split}`), for tuning: quote the test split's.", ""]
     lines += bars_markdown(metrics)
     band = metrics.get("null_band", {})
     controlled = [n for n in runs if n.endswith(tuple(f"/{c}" for c in CONTROLS))]
