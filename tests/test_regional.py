@@ -257,7 +257,7 @@ def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
     band["region/same_position_top1"] = {"mean": 0.1, "low": 0.0, "high": 0.2}
     band["i2r/R@10"] = {"mean": 0.1, "low": 0.05, "high": 0.15}
     metrics = {
-        "test": {"control": "global_only", "studies": 117},  # chance 10 / 117
+        "test": {"control": "global_only", "studies": 117, "patients": 90},  # chance 10 / 117
         "null_band": {"figures": band},
         "runs": {"baseline": {"auroc/mean": fig(0.85), "i2r/R@10": fig(30 / 117)},  # 3x chance exactly: met
                  "student/mean_image": {"presence/auroc": fig(0.50), "region/same_position_top1": fig(0.25)},
@@ -265,7 +265,7 @@ def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
         "seeds": {"student": {"presence/auroc": seeds(0.70), "region/same_position_top1": seeds(0.18),
                               "robust/balanced_negation": seeds(0.52)}},
         "paired": {"student - global_only": {
-            "presence/auroc": fig(0.12, 0.02, 0.2),  # the interval above 0, the student above the band: met
+            "presence/auroc": fig(0.12, 0.075, 0.165),  # the interval above 0, the student above the band: met
             "region/same_position_top1": fig(0.15, 0.05, 0.25),  # large, but the student inside the band
             "auroc/mean": fig(-0.03), "i2r/R@10": fig(-0.01)}},  # R@10's interval reaches -0.06
     }
@@ -285,6 +285,7 @@ def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
         "balanced negation, the student": "not met",  # short of 0.75 (and inside the band): a miss, not "no result"
         # the student's 0.25 above the band's top, the control's 0.40 below its bottom
         "mean-image control: both arms' regional figures inside the band": "not met",
+        "power: the interval of presence AUROC, student - control": "met",  # +-0.09 / 2 = 0.045
     }
     metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.12, -0.01, 0.2)  # the interval holds 0
     metrics["null_band"]["figures"]["auroc/mean"]["high"] = 0.9  # the base reaches its bar inside the band
@@ -296,3 +297,6 @@ def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
     assert got["the base: mean zero-shot AUROC"] == "no result: inside the band"
     assert got["the base: image -> report R@10, x chance"] == "not met"
     assert got["balanced negation, the student"] == "met (no band to compare)"
+    assert got["power: the interval of presence AUROC, student - control"] == "not met"  # +-0.105
+    metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.1, 0.03, 0.13)  # +-0.05 exactly: met
+    assert verdicts()["power: the interval of presence AUROC, student - control"] == "met"

@@ -90,14 +90,15 @@ BARS = [
     ("robust/balanced_negation", "balanced negation, the student", "student", 0.75),
 ]
 MEAN_IMAGE_KEYS = ("presence/auroc", "region/same_position_top1")
+POWER_KEY, POWER_HALF_WIDTH = "presence/auroc", 0.05  # the headline's 95% interval: no wider than +-5 points
 
 
 def bars_markdown(metrics: dict) -> list[str]:
     """Each bar with its figure and a verdict. "not met" where the figure is short of its bar; where it reaches it,
     "met" only if the figure carrying it lies above the untrained models' band (the student's mean over seeds for a
     difference, whose interval must also lie above 0), else "no result: inside the band". The "lost to the
-    control" rows judge the point estimate and say so where the interval reaches past the bar. Plus the
-    mean-image control: with every test image replaced by the mean image, both arms' regional figures must lie
+    control" rows judge the point estimate and say so where the interval reaches past the bar. Plus power (the
+    headline difference's interval no wider than +-0.05) and the mean-image control: with every test image replaced by the mean image, both arms' regional figures must lie
     inside the band."""
     runs, t = metrics["runs"], metrics["test"]
     control, band = t["control"], metrics.get("null_band", {}).get("figures", {})
@@ -145,6 +146,12 @@ def bars_markdown(metrics: dict) -> list[str]:
             shown = _cell(f) + f"; the student {student:.3f}" + top
             verdict = judged(f["value"] >= bar - eps and f["ci_low"] > 0, student, key)
         rows.append(f"| {what} | >= {bar:g} | {shown} | {verdict} |")
+    f = paired.get(POWER_KEY)
+    if f is not None:  # power: the headline difference's interval no wider than +-POWER_HALF_WIDTH
+        half = (f["ci_high"] - f["ci_low"]) / 2
+        rows.append(f"| power: the interval of presence AUROC, student - control | +-{POWER_HALF_WIDTH:g} | "
+                    f"+-{half:.3f} ({f['ci_low']:.3f} to {f['ci_high']:.3f}); {t.get('patients', '?')} patients, "
+                    f"{f.get('seeds', '?')} seeds | {'met' if half <= POWER_HALF_WIDTH + eps else 'not met'} |")
     checked, outside, unchecked = 0, [], []
     for n in ("student", control):
         for k in MEAN_IMAGE_KEYS:
@@ -165,7 +172,9 @@ def bars_markdown(metrics: dict) -> list[str]:
     return ["## The bars", "", "Each bar against its figure. A figure short of its bar is \"not met\"; one that "
             "reaches it but lies at or below the top of the untrained models' band (the chance row) carries no "
             "result; a difference needs its interval above 0 and the student above the band.", "",
-            "| bar | needs | figure | verdict |", "|---|---|---|---|", *rows, ""]
+            "| bar | needs | figure | verdict |", "|---|---|---|---|", *rows, "",
+            "What was tried on the default config for the bars it does not meet: the README, \"The base\" (the "
+            "base's bars and the time) and \"Comparisons\" (the student's).", ""]
 
 
 def report_markdown(metrics: dict) -> str:
