@@ -262,7 +262,8 @@ class CLIPTrainStep(nn.Module):
     through the vision tower once (their ROIs pooled from the same pass, models.encode_image_and_rois), reports
     and the short texts through the text tower. With `image_locked` (the whole image tower frozen) the tower stays
     in eval mode whatever train() says, so a locked tower's BatchNorm statistics (ResNet and timm towers) and
-    dropout do not move either. (In eval mode, without grad and autocast, torch's attention may take its fused path:
+    dropout do not move either; in a partly locked tower (`lock_image_groups` > 0) each BatchNorm whose weights are
+    frozen stays in eval mode. (In eval mode, without grad and autocast, torch's attention may take its fused path:
     the same figures to about 1e-7, not bit for bit, for towers whose head count is even; medclip-tiny's 3 heads
     take the plain path.)"""
 
@@ -274,6 +275,11 @@ class CLIPTrainStep(nn.Module):
         super().train(mode)
         if self.image_locked:
             self.clip.visual.eval()
+            return self
+        for m in self.clip.visual.modules():
+            weights = list(m.parameters(recurse=False))
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and weights and not any(w.requires_grad for w in weights):
+                m.eval()  # a locked group's normalisation keeps the statistics it was trained with
         return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -420,7 +426,7 @@ def configure_memory(clip: nn.Module, cfg: dict, device: torch.device) -> None:
     if cfg.get("grad_checkpointing"):
         clip.set_grad_checkpointing(True)
     if cfg.get("lock_image_groups") is not None:  # keep the last n layer groups trainable
-        # BatchNorm statistics: a wholly locked tower is held in eval mode by CLIPTrainStep
+        # BatchNorm statistics: CLIPTrainStep holds a locked tower, or a locked BatchNorm, in eval mode
         clip.lock_image_tower(unlocked_groups=cfg["lock_image_groups"], freeze_bn_stats=False)
     if cfg.get("lock_text_layers") is not None:  # keep the last n text groups trainable (1 = the projection)
         clip.lock_text_tower(unlocked_layers=cfg["lock_text_layers"], freeze_layer_norm=True)

@@ -334,3 +334,25 @@ def test_a_wholly_locked_image_tower_stays_in_eval_mode(tmp_path, pairs, cfg, mo
     step.eval().train()  # as validation leaves it
     assert not clip.visual.training
     assert CLIPTrainStep(clip, RegionAwareLoss()).train().clip.visual.training  # an unlocked tower trains
+
+
+def test_a_partly_locked_resnet_tower_keeps_the_locked_groups_batchnorm_statistics():
+    import open_clip
+    from pipeline.losses import RegionAwareLoss
+    from pipeline.trainer import CLIPTrainStep, configure_memory
+
+    torch.manual_seed(0)
+    vision = open_clip.CLIPVisionCfg(timm_model_name="resnet18", timm_model_pretrained=False, timm_pool="avg",
+                                     timm_proj="linear", image_size=64)
+    text = open_clip.CLIPTextCfg(context_length=8, vocab_size=50, width=16, heads=2, layers=1)
+    clip = open_clip.CLIP(embed_dim=16, vision_cfg=vision, text_cfg=text)
+    configure_memory(clip, {"lock_image_groups": 1}, torch.device("cpu"))  # the last block trains
+    trunk = clip.visual.trunk
+    locked, free = trunk.layer4[0].bn1, trunk.layer4[1].bn1
+    assert not locked.weight.requires_grad and free.weight.requires_grad
+    before = (locked.running_mean.clone(), free.running_mean.clone())
+    step = CLIPTrainStep(clip, RegionAwareLoss()).train()
+    assert step.training and clip.visual.training and free.training
+    assert not locked.training and not trunk.bn1.training  # the locked stem and blocks hold their statistics
+    clip.encode_image(torch.randn(4, 3, 64, 64))
+    assert torch.equal(locked.running_mean, before[0]) and not torch.equal(free.running_mean, before[1])
