@@ -298,5 +298,16 @@ def test_the_bars_give_no_result_inside_the_band_and_a_verdict_outside_it():
     assert got["the base: image -> report R@10, x chance"] == "not met"
     assert got["balanced negation, the student"] == "met (no band to compare)"
     assert got["power: the interval of presence AUROC, student - control"] == "not met"  # +-0.105
-    metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.1, 0.03, 0.13)  # +-0.05 exactly: met
+    metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.12, 0.07, 0.17)  # 0.05 + 2e-17 above: met
     assert verdicts()["power: the interval of presence AUROC, student - control"] == "met"
+    power = next(r for r in bars_markdown(metrics) if r.startswith("| power"))
+    assert "0.050 on its wider side; 90 patients" in power
+    metrics["paired"]["student - global_only"]["presence/auroc"] = fig(0.12, 0.06, 0.16)  # lopsided: 0.06 below
+    assert verdicts()["power: the interval of presence AUROC, student - control"] == "not met"
+    assert any(r.startswith("What was tried") for r in bars_markdown(metrics))  # said where a bar is not met
+    del metrics["paired"]["student - global_only"]["presence/auroc"]  # no headline: no power row
+    assert "power: the interval of presence AUROC, student - control" not in verdicts()
+    every_bar_met = bars_markdown({"test": {"control": "global_only", "studies": 117}, "runs": {"baseline": {
+        "auroc/mean": fig(0.85)}}, "null_band": {"figures": {"auroc/mean": {"mean": 0.5, "low": 0.45, "high": 0.55}}}})
+    assert any(r.endswith("| met |") for r in every_bar_met)
+    assert not any(r.startswith("What was tried") for r in every_bar_met)
