@@ -263,9 +263,9 @@ class CLIPTrainStep(nn.Module):
     and the short texts through the text tower. With `image_locked` (the whole image tower frozen) the tower stays
     in eval mode whatever train() says, so a locked tower's BatchNorm statistics (ResNet and timm towers) and
     dropout do not move either; in a partly locked tower (`lock_image_groups` > 0) each BatchNorm whose weights are
-    frozen stays in eval mode (one without affine weights cannot be told apart, and keeps updating its statistics). (In eval mode, without grad and autocast, torch's attention may take its fused path:
-    the same figures to about 1e-7, not bit for bit, for towers whose head count is even; medclip-tiny's 3 heads
-    take the plain path.)"""
+    frozen stays in eval mode (one without affine weights cannot be told apart, and keeps updating its statistics).
+    (In eval mode, without grad and autocast, torch's attention may take its fused path: the same figures to about
+    1e-7, not bit for bit, for towers whose head count is even; medclip-tiny's 3 heads take the plain path.)"""
 
     def __init__(self, clip: nn.Module, loss: RegionAwareLoss, image_locked: bool = False):
         super().__init__()

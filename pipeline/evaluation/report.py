@@ -90,7 +90,7 @@ BARS = [
     ("robust/balanced_negation", "balanced negation, the student", "student", 0.75),
 ]
 MEAN_IMAGE_KEYS = ("presence/auroc", "region/same_position_top1")
-POWER_KEY, POWER_HALF_WIDTH = "presence/auroc", 0.05  # the headline's 95% interval: no wider than +-5 points
+POWER_KEY, POWER_HALF_WIDTH = "presence/auroc", 0.05  # the headline's 95% interval: within 0.05 on either side
 
 
 def bars_markdown(metrics: dict) -> list[str]:
