@@ -3,6 +3,7 @@ from it, a medclip-tiny run distilled from it, and two external baselines (an Op
 TorchScript file), every process with its sockets blocked."""
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -53,7 +54,8 @@ def pretrained_run(tmp_path_factory, monkeypatch_module):
                                                       "weights": str(work / "weights" / "tiny-torchscript.pt")}}}}
     (work / "pretrained.yaml").write_text(yaml.safe_dump(cfg))
     run_snakemake(work, "all", "--configfile", str(TINY), str(work / "pretrained.yaml"), configfile=None)
-    return work, biomed
+    yield work, biomed
+    shutil.rmtree(work, ignore_errors=True)  # checkpoints of every run; the suite must fit a small disk
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import re
+import shutil
 import sys
 
 import numpy as np
@@ -51,7 +52,8 @@ def test_config_typo_stops_before_any_job(tmp_path):
 def tiny_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
     run_snakemake(work, "all")
-    return work
+    yield work
+    shutil.rmtree(work, ignore_errors=True)  # 1.6 GB of checkpoints; the suite must fit a small disk
 
 
 def test_tiny_synthetic_run_writes_valid_shards(tiny_run):
