@@ -32,7 +32,7 @@ socket.getaddrinfo = getaddrinfo
 
 
 @pytest.fixture(scope="module")
-def pretrained_run(tmp_path_factory, monkeypatch_module):
+def pretrained_run(tmp_path_factory, monkeypatch_module, request):
     import torch
 
     from pipeline import models
@@ -54,8 +54,10 @@ def pretrained_run(tmp_path_factory, monkeypatch_module):
                                                       "weights": str(work / "weights" / "tiny-torchscript.pt")}}}}
     (work / "pretrained.yaml").write_text(yaml.safe_dump(cfg))
     run_snakemake(work, "all", "--configfile", str(TINY), str(work / "pretrained.yaml"), configfile=None)
+    failed = request.session.testsfailed
     yield work, biomed
-    shutil.rmtree(work, ignore_errors=True)  # checkpoints of every run; the suite must fit a small disk
+    if request.session.testsfailed == failed:  # every run's checkpoints, kept only to debug a failure
+        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

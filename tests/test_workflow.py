@@ -49,11 +49,13 @@ def test_config_typo_stops_before_any_job(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, request):
     work = tmp_path_factory.mktemp("tiny")
     run_snakemake(work, "all")
+    failed = request.session.testsfailed
     yield work
-    shutil.rmtree(work, ignore_errors=True)  # 1.6 GB of checkpoints; the suite must fit a small disk
+    if request.session.testsfailed == failed:  # 1.6 GB of checkpoints, kept only to debug a failure
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def test_tiny_synthetic_run_writes_valid_shards(tiny_run):
