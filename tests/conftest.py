@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,13 @@ def run_snakemake(workdir: Path, *args: str, configfile: Path | None = TINY, che
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+@contextlib.contextmanager
+def removed_unless_failed(request: pytest.FixtureRequest, folder: Path):
+    """For a module-scoped workflow run: its folder (up to 1.6 GB of checkpoints) goes when the module's tests
+    pass, so the suite fits a small disk, and stays to debug a failure (pytest keeps only failed tests' tmp_path)."""
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -3,12 +3,11 @@ from it, a medclip-tiny run distilled from it, and two external baselines (an Op
 TorchScript file), every process with its sockets blocked."""
 
 import json
-import shutil
 
 import pytest
 import yaml
 
-from conftest import TINY, run_snakemake
+from conftest import TINY, removed_unless_failed, run_snakemake
 from pipeline.io import sha256_file
 from pipeline.shards import Shard
 
@@ -54,10 +53,8 @@ def pretrained_run(tmp_path_factory, monkeypatch_module, request):
                                                       "weights": str(work / "weights" / "tiny-torchscript.pt")}}}}
     (work / "pretrained.yaml").write_text(yaml.safe_dump(cfg))
     run_snakemake(work, "all", "--configfile", str(TINY), str(work / "pretrained.yaml"), configfile=None)
-    failed = request.session.testsfailed
-    yield work, biomed
-    if request.session.testsfailed == failed:  # every run's checkpoints, kept only to debug a failure
-        shutil.rmtree(work, ignore_errors=True)
+    with removed_unless_failed(request, work):
+        yield work, biomed
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import re
-import shutil
 import sys
 
 import numpy as np
@@ -11,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import MARKERS, ROOT, TINY, run_snakemake, write_chexpert_tree, write_mimic_tree
+from conftest import (MARKERS, ROOT, TINY, removed_unless_failed, run_snakemake, write_chexpert_tree,
+                      write_mimic_tree)
 from pipeline.dicom import DicomSpec, write_dicom
 from pipeline.io import sha256_file
 from pipeline.shards import Shard, check
@@ -52,10 +52,8 @@ def test_config_typo_stops_before_any_job(tmp_path):
 def tiny_run(tmp_path_factory, request):
     work = tmp_path_factory.mktemp("tiny")
     run_snakemake(work, "all")
-    failed = request.session.testsfailed
-    yield work
-    if request.session.testsfailed == failed:  # 1.6 GB of checkpoints, kept only to debug a failure
-        shutil.rmtree(work, ignore_errors=True)
+    with removed_unless_failed(request, work):
+        yield work
 
 
 def test_tiny_synthetic_run_writes_valid_shards(tiny_run):
